@@ -1,0 +1,1 @@
+"""chexgen.data."""
