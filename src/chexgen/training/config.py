@@ -1,0 +1,317 @@
+"""Training configuration: dataclass defaults < preset defaults < YAML/TOML file < command line.
+
+A run is described by one flat dataclass (:class:`TrainConfig` for the diffusion
+transformer, :class:`VAETrainConfig` for the gray VAE). The layers are merged in
+that order by :func:`resolve_config`, every value is coerced to the field's type
+(so ``--set batch_size=8`` and ``batch_size: "8"`` in a file both give an int), and
+unknown keys are errors that list the valid ones: a typo must never be ignored.
+
+The resolved config is written next to every checkpoint (``config.yaml``), so a
+run can always be rebuilt and resumed exactly (:func:`save_config`,
+:func:`load_saved_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from chexgen.errors import ChexgenError
+from chexgen.utils import atomic_write_text
+
+__all__ = [
+    "TrainConfig",
+    "VAETrainConfig",
+    "PRESET_TRAIN_DEFAULTS",
+    "resolve_config",
+    "read_config_file",
+    "parse_overrides",
+    "save_config",
+    "load_saved_config",
+    "config_to_dict",
+]
+
+C = TypeVar("C")
+
+
+@dataclass
+class LoopConfig:
+    """Options every chexgen training loop shares (diffusion, VAE, ControlNet)."""
+
+    output_dir: str = "runs/chexgen"
+    seed: int = 0
+    # optimisation (paper: AdamW lr 1e-4, weight decay 0.01, grad clip 1.0)
+    batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_warmup_steps: int = 0
+    # budget: stop at whichever comes first
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    # "auto" = bf16 on a GPU that supports it, fp32 ("no") on CPU
+    mixed_precision: str = "auto"
+    # exponential moving average of the weights; decay ramps up as (1+n)/(10+n) until ema_decay
+    ema_decay: float = 0.9999
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
+    # bookkeeping
+    checkpoint_every: int = 500  # optimisation steps; 0 = only at the end
+    keep_checkpoints: int = 2  # newest N kept; 0 = keep all
+    log_every: int = 10
+    sample_every: int = 0  # 0 = sample grid only at the end
+    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """``chexgen train``: a text-to-image diffusion transformer on cached (or on-the-fly) features."""
+
+    preset: str = "tiny"
+    data: str | None = None  # a `chexgen prepare` cache folder, or a manifest with encode_on_the_fly
+    vae: str | None = None  # folder of a trained VAE (chexgen train-vae) instead of the preset's
+    transformer_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {num_layers: 2}
+    # curriculum: start from a stage-1 checkpoint / pipeline folder at another resolution
+    init_from: str | None = None
+    reinit_null_caption: bool = False
+    resolution: int | None = None  # None = the preset's (or the cache's) resolution
+    caption_dropout: float = 0.1
+    latent_sampling: str = "sample"  # "sample" from the cached mean+std each step, or "mean"
+    encode_on_the_fly: bool = False
+    text_field: str = "auto"  # for on-the-fly encoding: impression | report | auto
+    resize_policy: str = "crop"
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "No acute cardiopulmonary process.",
+        "Large right pleural effusion.",
+        "Cardiomegaly with pulmonary edema.",
+        "Left upper lobe pneumonia.",
+    ])
+    sample_steps: int = 25
+    sample_guidance: float = 4.0
+    export: bool = True  # write a pipeline folder (output_dir/pipeline) from the EMA weights at the end
+
+
+@dataclass
+class VAETrainConfig(LoopConfig):
+    """``chexgen train-vae``: the small 1-channel AutoencoderKL of the small presets."""
+
+    preset: str = "tiny"
+    data: str | None = None  # a manifest of images
+    init_from: str | None = None  # a RadiographVAE folder to fine-tune; None = random init
+    resolution: int | None = None
+    resize_policy: str = "crop"
+    learning_rate: float = 4.5e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    kl_weight: float = 1e-6
+    ssim_weight: float = 0.2
+    l1_weight: float = 1.0
+    scaling_samples: int = 512  # images encoded to set scaling_factor = 1 / std(latents)
+    checkpoint_every: int = 0
+
+
+# Per-preset training defaults (the layer between dataclass defaults and the user's file).
+PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"batch_size": 32, "ema_decay": 0.999, "checkpoint_every": 500, "lr_warmup_steps": 50},
+    "small": {"batch_size": 32, "ema_decay": 0.9995, "checkpoint_every": 1000, "lr_warmup_steps": 200},
+    "xl2-256": {"batch_size": 64, "ema_decay": 0.9999, "checkpoint_every": 2000, "lr_warmup_steps": 1000,
+                "num_workers": 8},
+    "xl2-512": {"batch_size": 16, "ema_decay": 0.9999, "checkpoint_every": 2000, "lr_warmup_steps": 1000,
+                "num_workers": 8, "reinit_null_caption": True},
+}
+
+
+# --------------------------------------------------------------------------- files
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file holding one mapping of config keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ChexgenError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ChexgenError(f"{path}: cannot parse config ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ChexgenError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings (values read as YAML: 8, 1e-4, true, [a, b], {num_layers: 2})."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ChexgenError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------------- coercion
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ChexgenError:
+                continue
+        raise ChexgenError(f"config key {key!r}: cannot use {value!r} as {tp}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ChexgenError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ChexgenError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ChexgenError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if tp is int:
+            if number != int(number):
+                raise ChexgenError(f"config key {key!r}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ChexgenError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ChexgenError(f"config key {key!r}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ChexgenError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _merge(cls: type, base: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
+    types_ = _field_types(cls)
+    for key, value in layer.items():
+        k = key.replace("-", "_")
+        if k not in types_:
+            valid = ", ".join(sorted(types_))
+            raise ChexgenError(f"{source}: unknown config key {key!r}; valid keys: {valid}")
+        base[k] = _coerce(value, types_[k], k)
+
+
+def resolve_config(
+    cls: type[C],
+    file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> C:
+    """Build a config of type ``cls``: defaults, then preset defaults, then ``file``, then ``overrides``.
+
+    ``preset`` (or a ``preset`` key in the file / overrides) selects the preset layer.
+    Overrides whose value is ``None`` are ignored (argparse's "not given").
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    file_layer = read_config_file(file) if file else {}
+    cli_layer = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values: dict[str, Any] = {}
+    preset_name = cli_layer.get("preset") or file_layer.get("preset") or preset
+    types_ = _field_types(cls)
+    if preset_name is not None and "preset" in types_:
+        values["preset"] = str(preset_name)
+        defaults = PRESET_TRAIN_DEFAULTS.get(str(preset_name), {})
+        _merge(cls, values, {k: v for k, v in defaults.items() if k in types_}, f"preset {preset_name}")
+    _merge(cls, values, file_layer, str(file))
+    _merge(cls, values, cli_layer, "command line")
+    config = cls(**values)
+    _validate(config)
+    return config
+
+
+def _validate(config: Any) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ChexgenError(f"config: {msg}")
+
+    need(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
+    need(config.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+    need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+    need(config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
+    need(config.max_minutes is None or config.max_minutes > 0, "max_minutes must be > 0")
+    need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    need(config.mixed_precision in ("auto", "no", "fp16", "bf16"),
+         f"mixed_precision must be auto|no|fp16|bf16, got {config.mixed_precision!r}")
+    need(config.num_workers >= 0, "num_workers must be >= 0")
+    if isinstance(config, TrainConfig):
+        need(0.0 <= config.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {config.caption_dropout}")
+        need(config.latent_sampling in ("sample", "mean"),
+             f"latent_sampling must be 'sample' or 'mean', got {config.latent_sampling!r}")
+        need(config.text_field in ("auto", "impression", "report"),
+             f"text_field must be auto|impression|report, got {config.text_field!r}")
+    if hasattr(config, "resize_policy"):
+        need(config.resize_policy in ("crop", "pad"), f"resize_policy must be crop|pad, got {config.resize_policy!r}")
+
+
+# --------------------------------------------------------------------------- saving
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {"config_class": type(config).__name__, **asdict(config)}
+
+
+def save_config(config: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def load_saved_config(path: str | os.PathLike, cls: type[C] | None = None) -> C:
+    """Read a config written by :func:`save_config` back into its dataclass."""
+    data = read_config_file(path)
+    name = data.pop("config_class", None)
+    if cls is None:
+        cls = {"TrainConfig": TrainConfig, "VAETrainConfig": VAETrainConfig}.get(name or "", TrainConfig)
+    values: dict[str, Any] = {}
+    _merge(cls, values, data, str(path))
+    return cls(**values)
