@@ -142,12 +142,12 @@ _SEV_WORDS: dict[str, dict[str, str]] = {
 _POSITIVE: dict[str, tuple[str, ...]] = {
     "Enlarged Cardiomediastinum": (
         "{sev} widening of the mediastinum.",
-        "The cardiomediastinal silhouette is {sev} enlarged.",
+        "The cardiomediastinal silhouette is {sev_adv} enlarged.",
         "{sev} mediastinal widening.",
     ),
     "Cardiomegaly": (
         "{sev} cardiomegaly.",
-        "The heart is {sev} enlarged.",
+        "The heart is {sev_adv} enlarged.",
         "{sev} enlargement of the cardiac silhouette.",
     ),
     "Lung Opacity": (
@@ -336,7 +336,8 @@ def _fill(template: str, label: str, det: FindingDetail | None) -> str:
         sev = _SEV_WORDS.get(label, _SEV_WORDS["default"])[det.severity]
     loc_adj, loc, side_adj, side_loc = _loc_words(det)
     side_sided = f"{side_adj}-sided" if side_adj in ("left", "right") else side_adj
-    return _tidy(template.format(sev=sev, loc_adj=loc_adj, loc=loc, side_adj=side_adj, side_sided=side_sided,
+    sev_adv = {"": "", "mild": "mildly", "moderate": "moderately", "marked": "markedly"}.get(sev, sev)
+    return _tidy(template.format(sev=sev, sev_adv=sev_adv, loc_adj=loc_adj, loc=loc, side_adj=side_adj, side_sided=side_sided,
                                  side_loc=side_loc, kind=_kind_word(label, det)))
 
 
