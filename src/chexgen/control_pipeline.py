@@ -1,0 +1,244 @@
+"""Mask- and box-guided generation: a ChexGenPipeline plus a ControlNet adapter.
+
+Conditions (:class:`~chexgen.data.condition_sources.ConditionInput`: masks and
+boxes of one image) are rendered with the fixed palette at the model
+resolution, encoded by the pipeline's own VAE (posterior mean), and fed to the
+adapter at every denoising step.
+
+**Guidance with control.** Classifier-free guidance batches the conditional
+and unconditional (null caption) branches in one forward. The condition latent
+goes into *both* halves, so the guided epsilon
+``eps(x, null, c) + s * (eps(x, text, c) - eps(x, null, c))`` contrasts the
+text only and the spatial control acts at full strength in both branches. (The
+official control sampler ran the conditional branch alone, i.e. no guidance.)
+
+The adapter folder (``ChexGenControlNet.save_pretrained``) is separate from the
+base pipeline folder; ``control_info.json`` in it records which base it was
+trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from chexgen.data.condition_sources import ConditionInput
+from chexgen.data.conditions import render_condition
+from chexgen.diffusion.samplers import SAMPLERS, denoise, get_sampler_spec, make_generators
+from chexgen.errors import ChexgenError
+from chexgen.models.controlnet import ChexGenControlNet, controlled_forward, load_controlnet
+from chexgen.models.text_encoder import TextEmbeddings
+from chexgen.pipeline import ChexGenPipeline
+
+__all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "CONTROL_INFO"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_INFO = "control_info.json"
+
+
+def control_model_fn(
+    transformer: torch.nn.Module,
+    adapter: ChexGenControlNet | None,
+    control_latents: torch.Tensor,
+    conditioning_scale: float = 1.0,
+) -> Callable[..., torch.Tensor]:
+    """A ``model(latents, t, emb, mask)`` for :func:`chexgen.diffusion.samplers.denoise` with control bound.
+
+    The sampler stacks ``[conditional; unconditional]`` (each in image order) when
+    guiding; the control latents are tiled the same way, so both halves see the
+    condition of their image.
+    """
+    n = control_latents.shape[0]
+
+    def model(latents: torch.Tensor, timesteps, text_embeddings, text_mask=None) -> torch.Tensor:
+        reps, rest = divmod(latents.shape[0], n)
+        if rest or reps < 1:
+            raise ChexgenError(f"batch of {latents.shape[0]} latents does not tile {n} condition latents")
+        control = control_latents if reps == 1 else control_latents.repeat(reps, 1, 1, 1)
+        return controlled_forward(transformer, adapter, latents, timesteps, text_embeddings, text_mask,
+                                  control, conditioning_scale)
+
+    return model
+
+
+@dataclass
+class ControlPipelineOutput:
+    """Images ``[N, 1, H, W]`` in [0, 1] (CPU), the rendered conditions ``[N, 1, H, W]``, and per image
+    its prompt, seed and the id of its condition."""
+
+    images: torch.Tensor
+    conditions: torch.Tensor
+    prompts: list[str]
+    seeds: list[int]
+    condition_ids: list[str]
+
+
+class ChexGenControlPipeline:
+    """Text + spatial condition -> radiograph. ``base`` is a :class:`ChexGenPipeline`."""
+
+    def __init__(self, base: ChexGenPipeline, controlnet: ChexGenControlNet, conditioning_scale: float = 1.0) -> None:
+        controlnet.check_compatible(base.transformer)
+        self.base = base
+        self.controlnet = controlnet.eval()
+        self.conditioning_scale = float(conditioning_scale)
+        self.control_path: Path | None = None
+
+    @classmethod
+    def from_pretrained(cls, control_path: str | os.PathLike, base: "str | os.PathLike | ChexGenPipeline | None" = None,
+                        device=None, **base_kwargs: Any) -> "ChexGenControlPipeline":
+        """Load an adapter folder and its base (``base``, or the path recorded in ``control_info.json``)."""
+        control_path = Path(control_path)
+        if base is None:
+            info = control_path / CONTROL_INFO
+            if not info.is_file():
+                raise ChexgenError(f"{control_path}: no {CONTROL_INFO} naming the base model; pass the base pipeline")
+            base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
+            if not base:
+                raise ChexgenError(f"{info}: 'base_model' is missing")
+        if not isinstance(base, ChexGenPipeline):
+            base = ChexGenPipeline.from_pretrained(base, **base_kwargs)
+        adapter = load_controlnet(str(control_path), transformer=base.transformer)
+        adapter.to(device=base.device, dtype=base.dtype)
+        pipe = cls(base, adapter)
+        pipe.control_path = control_path
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    def to(self, device=None, dtype=None) -> "ChexGenControlPipeline":
+        self.base.to(device=device, dtype=dtype)
+        self.controlnet.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def resolution(self) -> int:
+        return self.base.config.resolution
+
+    @property
+    def fit_policy(self) -> str:
+        return self.controlnet.config.fit_policy
+
+    # ------------------------------------------------------------------ conditions
+    def render(self, condition: ConditionInput) -> np.ndarray:
+        """The condition image (``resolution`` square, float in [0, 1]) of one :class:`ConditionInput`."""
+        return render_condition(self.resolution, condition.masks, condition.boxes,
+                                frame=(condition.width, condition.height), policy=self.fit_policy,
+                                where=f"condition {condition.id!r}")
+
+    @torch.no_grad()
+    def encode_conditions(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE posterior-mean latents of condition images ``[B, 1, H, W]`` (as ``chexgen prepare`` caches them)."""
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            raise ChexgenError(f"condition images are {tuple(images.shape[-2:])}, the model makes {self.resolution} px")
+        return self.base.vae.encode(images.to(self.base.device)).to(self.base.dtype)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        cond: TextEmbeddings,
+        control_latents: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        sampler: str = "ddim",
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 4.0,
+        conditioning_scale: float | None = None,
+        eta: float = 0.0,
+    ) -> torch.Tensor:
+        """Clean latents for encoded prompts and condition latents (one row each, one generator each)."""
+        base = self.base
+        cond = cond.to(device=base.device, dtype=base.dtype)
+        if control_latents.shape[0] != len(cond):
+            raise ChexgenError(f"{control_latents.shape[0]} condition latents for {len(cond)} prompts")
+        scale = self.conditioning_scale if conditioning_scale is None else float(conditioning_scale)
+        model = control_model_fn(base.transformer, self.controlnet, control_latents.to(base.device, base.dtype), scale)
+        null_emb, null_mask = base.transformer.null_text(len(cond), mask_like=cond.mask)
+        return denoise(model, (cond.embeddings, cond.mask), (null_emb.to(base.dtype), null_mask), generators,
+                       base.latent_shape, sampler=sampler, num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, device=base.device, dtype=base.dtype, eta=eta)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: "str | Sequence[str]",
+        conditions: Sequence[ConditionInput],
+        num_images_per_condition: int = 1,
+        seed: int = 0,
+        seeds: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        conditioning_scale: float | None = None,
+        sampler: str | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        eta: float = 0.0,
+    ) -> ControlPipelineOutput:
+        """Generate ``len(conditions) * num_images_per_condition`` images (condition-major order).
+
+        ``prompts``: one prompt for all conditions, or one per condition; a condition
+        that carries its own prompt (from a manifest) uses it when ``prompts`` is empty.
+        Image k of condition i gets seed ``seed + i * num_images_per_condition + k``.
+        """
+        cfg = self.base.config
+        sampler = sampler or cfg.default_sampler
+        if sampler not in SAMPLERS:
+            raise ChexgenError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        guidance = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = num_inference_steps or cfg.num_inference_steps or get_sampler_spec(sampler).default_steps
+        per_condition = self._pair_prompts(prompts, conditions)
+        if num_images_per_condition < 1 or batch_size < 1:
+            raise ChexgenError("num_images_per_condition and batch_size must be >= 1")
+        n = len(conditions) * num_images_per_condition
+        if seeds is not None and len(seeds) != n:
+            raise ChexgenError(f"{len(seeds)} seeds given for {len(conditions)} condition(s) x {num_images_per_condition}")
+        order = [i for i in range(len(conditions)) for _ in range(num_images_per_condition)]
+        all_seeds = [int(s) for s in seeds] if seeds is not None else [seed + k for k in range(n)]
+        gens = make_generators(all_seeds)
+        rendered = torch.stack([torch.from_numpy(self.render(c))[None] for c in conditions])  # validate all up front
+        unique = list(dict.fromkeys(per_condition))
+        enc = self.base.encode_prompts(unique)
+        row_of = {p: i for i, p in enumerate(unique)}
+
+        from tqdm.auto import tqdm
+
+        images = []
+        bar = tqdm(total=n, desc=f"generating with control ({sampler}, {steps} steps)", unit="img",
+                   disable=not progress)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            rows = torch.tensor([row_of[per_condition[i]] for i in idx], device=enc.embeddings.device)
+            control = self.encode_conditions(rendered[idx])
+            latents = self.sample_latents(enc[rows], control, gens[start : start + len(idx)], sampler=sampler,
+                                          num_inference_steps=steps, guidance_scale=guidance,
+                                          conditioning_scale=conditioning_scale, eta=eta)
+            images.append(self.base.vae.decode(latents).float().cpu())
+            bar.update(len(idx))
+        bar.close()
+        return ControlPipelineOutput(
+            images=torch.cat(images), conditions=rendered[order], prompts=[per_condition[i] for i in order],
+            seeds=all_seeds, condition_ids=[conditions[i].id for i in order],
+        )
+
+    @staticmethod
+    def _pair_prompts(prompts: "str | Sequence[str]", conditions: Sequence[ConditionInput]) -> list[str]:
+        if not conditions:
+            raise ChexgenError("no conditions given")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+        if not prompts:
+            missing = [c.id for c in conditions if not c.prompt]
+            if missing:
+                raise ChexgenError(f"no prompt for condition(s) {missing[:5]}; give a prompt or a manifest with text")
+            return [c.prompt for c in conditions]
+        if len(prompts) == 1:
+            return prompts * len(conditions)
+        if len(prompts) != len(conditions):
+            raise ChexgenError(f"{len(prompts)} prompts for {len(conditions)} conditions; give 1 prompt or one per condition")
+        return prompts
