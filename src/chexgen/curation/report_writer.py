@@ -35,6 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from chexgen.curation.extractor import extract_labels
 from chexgen.data.labels import LABELS, normalize_label_name
 from chexgen.data.manifest import Record
 from chexgen.errors import ChexgenError
@@ -232,6 +233,7 @@ _DEVICES: dict[str, tuple[str, ...]] = {
     "picc": ("{side_sided} PICC line in place.",),
     "pacemaker": ("{side_sided} cardiac pacemaker with leads in place.", "A {side_sided} pacemaker is present."),
     "ng_tube": ("Nasogastric tube in place.", "An enteric tube is present."),
+    "tracheostomy": ("Tracheostomy tube in place.",),
     "chest_tube": ("{side_sided} chest tube in place.",),
     "swan_ganz": ("Pulmonary artery catheter in place.",),
     None: ("Support devices are in place.", "Lines and tubes are present.", "Medical devices are present."),
@@ -243,7 +245,7 @@ _NEGATIVE_SINGLE: dict[str, tuple[str, ...]] = {
     "Pleural Effusion": ("pleural effusion", "effusion"),
     "Consolidation": ("focal consolidation", "consolidation"),
     "Edema": ("pulmonary edema",),
-    "Pneumonia": ("evidence of pneumonia",),
+    "Pneumonia": ("pneumonia",),
     "Lung Opacity": ("focal opacity",),
     "Lung Lesion": ("suspicious pulmonary nodule or mass", "pulmonary nodule"),
     "Atelectasis": ("atelectasis",),
@@ -280,8 +282,18 @@ _OTHER_PHRASES: dict[str, tuple[str, ...]] = {
     "calcified granuloma": ("Calcified granuloma.",),
     "granuloma": ("Calcified granuloma.",),
     "kyphosis": ("Thoracic kyphosis.",),
-    "infiltration": ("Pulmonary infiltrate.",),
 }
+
+
+def _phrase_agrees(phrase: str, labels: dict[str, int | None]) -> bool:
+    """Whether a free phrase (an outside-the-14 finding) states nothing the 14 labels contradict."""
+    for name, stated in extract_labels(phrase).items():
+        if stated is None or name == "No Finding":
+            continue
+        held = labels.get(name)
+        if not (stated == held or (stated == 0 and held == 0)):
+            return False
+    return True
 
 
 def _pick(rng: random.Random, options: Sequence[str]) -> str:
@@ -483,9 +495,13 @@ class TemplateReportWriter(ReportWriter):
         state(("Fracture",))
         findings.extend(self._negatives(labels, rng, ("Fracture",)))
         impression = definite + hedged + devices
+        dropped = []
         for name in other:
             phrase = _pick(rng, _OTHER_PHRASES.get(name.lower(), (f"{name}.",)))
             phrase = _tidy(phrase if phrase.endswith(".") else phrase + ".")
+            if not _phrase_agrees(phrase, labels):
+                dropped.append(name)  # e.g. "calcified densities" would read as a lung opacity
+                continue
             findings.append(phrase)
             impression.append(phrase)
 
@@ -506,4 +522,5 @@ class TemplateReportWriter(ReportWriter):
         text = (f"PATIENT INFORMATION: {patient}\nTECHNIQUE: {technique}\n"
                 f"FINDINGS: {findings_text}\nIMPRESSION: {impression_text}")
         return Report(findings=findings_text, impression=impression_text, text=text,
-                      patient=patient, technique=technique, writer=self.name, meta={"seed": self.seed})
+                      patient=patient, technique=technique, writer=self.name,
+                      meta={"seed": self.seed, **({"dropped_other_findings": dropped} if dropped else {})})
