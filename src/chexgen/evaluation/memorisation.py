@@ -111,13 +111,21 @@ def compute_memorisation(
     _, p_idx = torch.cdist(small_s, small_t).topk(min(shortlist, ti.shape[0]), dim=1, largest=False)
     p_idx = p_idx.numpy()
 
+    # one batched SSIM call over every (synthetic, candidate) pair
+    cand = [np.unique(np.concatenate([f_idx[n], p_idx[n]])) for n in range(si.shape[0])]
+    owner = np.concatenate([np.full(len(c), n) for n, c in enumerate(cand)])
+    flat = np.concatenate(cand)
+    s_all = np.concatenate([
+        ssim_pairs(si[owner[i : i + 256]], ti[flat[i : i + 256]]) for i in range(0, len(owner), 256)
+    ])
     best_j, best_s = [], []
-    for n in range(si.shape[0]):
-        cands = np.unique(np.concatenate([f_idx[n], p_idx[n]]))
-        s = ssim_pairs(si[n : n + 1].expand(len(cands), -1, -1, -1), ti[cands])
+    start = 0
+    for c in cand:
+        s = s_all[start : start + len(c)]
         k = int(np.argmax(s))
-        best_j.append(int(cands[k]))
+        best_j.append(int(c[k]))
         best_s.append(float(s[k]))
+        start += len(c)
     med = _median_train_nn(tf)
     feat_thr = feature_ratio * med if np.isfinite(med) else 0.0
     flagged = [
