@@ -38,3 +38,50 @@ def make_tiny_t5(directory, d_model: int = 32):
 def tiny_t5_dir(tmp_path_factory):
     """A folder holding a tiny random T5 encoder (32-d tokens) and a tokenizer."""
     return make_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
+
+
+def perturb_(module, std: float = 0.05, seed: int = 0):
+    """Add seeded noise to every parameter so a zero-initialised DiT gives non-trivial outputs."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return module
+
+
+def make_tiny_pipeline(t5_dir, resolution: int = 32, seed: int = 0, **overrides):
+    """A ~100k-parameter random ChexGenPipeline: 32 px, 1-block DiT (hidden 32), tiny gray VAE, tiny T5.
+
+    Runs a 2-step sampling in well under a second on CPU; use it for any pipeline-level test.
+    """
+    from chexgen.models.presets import TextEncoderSpec, VAESpec
+    from chexgen.pipeline import ChexGenPipeline
+
+    kw = dict(depth=1, hidden_size=32, num_heads=2)
+    kw.update(overrides)
+    pipe = ChexGenPipeline.from_preset(
+        "tiny",
+        seed=seed,
+        resolution=resolution,
+        vae_spec=VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16), downsample=8),
+        text_encoder_spec=TextEncoderSpec(kind="t5", name_or_path=str(t5_dir), max_length=16, embed_dim=32),
+        **kw,
+    )
+    perturb_(pipe.transformer, seed=seed)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_t5_dir):
+    """A fresh tiny random pipeline (see :func:`make_tiny_pipeline`)."""
+    return make_tiny_pipeline(tiny_t5_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_t5_dir):
+    """A saved tiny pipeline folder (read-only for tests; copy it before modifying)."""
+    path = tmp_path_factory.mktemp("tiny_pipeline")
+    make_tiny_pipeline(tiny_t5_dir).save_pretrained(path)
+    return path

@@ -63,7 +63,7 @@ def test_wrong_embed_dim_and_missing_folder_are_clear(tiny_t5_dir, tmp_path):
 
 def test_clean_prompt_modes():
     assert clean_prompt("  Small  [left]\n Effusion ", "basic") == "Small [left] Effusion"
-    assert clean_prompt("  Small  [left]\n Effusion ", "pixart") == "small left effusion"
+    assert clean_prompt("  Small  [left]\n Effusion ", "lower") == "small  [left]\n effusion"
     assert clean_prompt(" x ", "none") == " x "
     with pytest.raises(ChexgenError):
         clean_prompt("x", "shout")

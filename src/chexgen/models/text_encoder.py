@@ -31,7 +31,7 @@ __all__ = ["TextEmbeddings", "TextEncoder", "load_text_encoder", "clean_prompt",
 
 logger = logging.getLogger(__name__)
 
-PROMPT_CLEANING = ("none", "basic", "pixart")
+PROMPT_CLEANING = ("basic", "official", "lower", "none")
 
 
 @dataclass
@@ -54,24 +54,23 @@ class TextEmbeddings:
         return TextEmbeddings(self.embeddings.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
 
 
-_BRACKETS = re.compile(r"[\[\]\(\)\{\}<>]")
 _SPACES = re.compile(r"\s+")
 
 
 def clean_prompt(text: str, mode: str = "basic") -> str:
     """Normalise a prompt before tokenising.
 
-    ``none`` leaves it untouched; ``basic`` trims and collapses whitespace;
-    ``pixart`` additionally lower-cases and strips brackets, as the official
-    ChexGen / PixArt caption cleaning does (use it with official checkpoints).
+    ``basic`` (chexgen's own models) trims and collapses whitespace. ``official``
+    (the PixArt / ChexGen caption cleaning, for official checkpoints), ``lower`` and
+    ``none`` are delegated to :func:`chexgen.data.prompts.clean_prompt`.
     """
-    if mode == "none":
-        return text
+    if mode == "basic":
+        return _SPACES.sub(" ", str(text)).strip()
     if mode not in PROMPT_CLEANING:
         raise ChexgenError(f"unknown prompt cleaning mode {mode!r}; expected one of {', '.join(PROMPT_CLEANING)}")
-    if mode == "pixart":
-        text = _BRACKETS.sub(" ", text.lower())
-    return _SPACES.sub(" ", text).strip()
+    from chexgen.data.prompts import clean_prompt as _official_clean
+
+    return _official_clean(text, mode)
 
 
 def _looks_local(name: str) -> bool:
