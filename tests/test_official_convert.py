@@ -109,34 +109,55 @@ def timestep_features(t, dim=256, max_period=10000):
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).double()
 
 
-def official_forward(sd, x, t, y, mask, heads=HEADS, depth=DEPTH):
-    """The official DiT forward pass, written from the published block math (float64)."""
+def official_block(sd, p, xi, yi, t0i, heads, hidden):
+    """One official block ``p`` ("blocks.N." or "controlnet.i.copied_block.") on tokens xi [N, D]."""
+    sh_a, sc_a, g_a, sh_m, sc_m, g_m = sd[p + "shift_scale_gate_table"] + t0i.reshape(6, hidden)
+    hmod = layer_norm(xi) * (1 + sc_a) + sh_a
+    q, k, v = linear(sd, p + "attn.qkv", hmod).chunk(3, dim=-1)
+    xi = xi + g_a * linear(sd, p + "attn.proj", attention(q, k, v, heads))
+    kv = linear(sd, p + "cross_attn.kv_linear", yi)
+    ck, cv = kv[:, :hidden], kv[:, hidden:]  # K rows first, then V
+    cq = linear(sd, p + "cross_attn.q_linear", xi)
+    xi = xi + linear(sd, p + "cross_attn.proj", attention(cq, ck, cv, heads))
+    hmod = layer_norm(xi) * (1 + sc_m) + sh_m
+    return xi + g_m * linear(sd, p + "mlp.fc2", F.gelu(linear(sd, p + "mlp.fc1", hmod), approximate="tanh"))
+
+
+def official_forward(sd, x, t, y, mask, heads=HEADS, depth=DEPTH, control_sd=None, cond=None):
+    """The official DiT forward pass, written from the published block math (float64).
+
+    With ``control_sd`` (keys ``controlnet.*``) and ``cond`` latents: the official
+    ControlT2IDiT forward, control block j feeding base block j + 1.
+    """
     sd = {k: v.double() for k, v in sd.items()}
     x, y = x.double(), y.double()
     bsz, _, h, w = x.shape
     hidden = sd["x_embedder.proj.weight"].shape[0]
-    tokens = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=PATCH)
-    tokens = tokens.flatten(2).transpose(1, 2) + sd["pos_embed"]
+
+    def embed(img):
+        tok = F.conv2d(img.double(), sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=PATCH)
+        return tok.flatten(2).transpose(1, 2) + sd["pos_embed"]
+
+    tokens = embed(x)
     temb = linear(sd, "t_embedder.mlp.2", F.silu(linear(sd, "t_embedder.mlp.0", timestep_features(t))))
     t0 = linear(sd, "t_block.1", F.silu(temb))
     y = linear(sd, "y_embedder.y_proj.fc2", F.gelu(linear(sd, "y_embedder.y_proj.fc1", y), approximate="tanh"))
+    csd = {k: v.double() for k, v in (control_sd or {}).items()}
+    n_ctrl = len({k.split(".")[1] for k in csd if k.endswith("after_proj.weight")})
+    ctokens = embed(cond) if control_sd is not None else None
     out = []
     for i in range(bsz):
         xi = tokens[i]
         yi = y[i][mask[i].bool()]  # the official code drops padding tokens before cross-attention
-        for n in range(depth):
-            p = f"blocks.{n}."
-            mods = (sd[p + "shift_scale_gate_table"] + t0[i].reshape(6, hidden))
-            sh_a, sc_a, g_a, sh_m, sc_m, g_m = mods
-            hmod = layer_norm(xi) * (1 + sc_a) + sh_a
-            q, k, v = linear(sd, p + "attn.qkv", hmod).chunk(3, dim=-1)
-            xi = xi + g_a * linear(sd, p + "attn.proj", attention(q, k, v, heads))
-            kv = linear(sd, p + "cross_attn.kv_linear", yi)
-            ck, cv = kv[:, :hidden], kv[:, hidden:]  # K rows first, then V
-            cq = linear(sd, p + "cross_attn.q_linear", xi)
-            xi = xi + linear(sd, p + "cross_attn.proj", attention(cq, ck, cv, heads))
-            hmod = layer_norm(xi) * (1 + sc_m) + sh_m
-            xi = xi + g_m * linear(sd, p + "mlp.fc2", F.gelu(linear(sd, p + "mlp.fc1", hmod), approximate="tanh"))
+        xi = official_block(sd, "blocks.0.", xi, yi, t0[i], heads, hidden)
+        c = None
+        for j in range(1, depth):
+            if j - 1 < n_ctrl:
+                cp = f"controlnet.{j - 1}."
+                c_in = xi + linear(csd, cp + "before_proj", ctokens[i]) if j == 1 else c
+                c = official_block(csd, cp + "copied_block.", c_in, yi, t0[i], heads, hidden)
+                xi = xi + linear(csd, cp + "after_proj", c)
+            xi = official_block(sd, f"blocks.{j}.", xi, yi, t0[i], heads, hidden)
         shift, scale = sd["final_layer.shift_scale_table"] + temb[i][None]  # raw t, shift then scale
         xi = linear(sd, "final_layer.linear", layer_norm(xi) * (1 + scale) + shift)
         out.append(xi)
@@ -298,10 +319,10 @@ def test_control_checkpoint_mapping():
     w = mapped.state_dict
     # Per copy: the table, 2 x (3 self-attn + out + q + 2 kv + out + 2 mlp) tensors, after_proj; one before_proj.
     assert len(w) == 3 * (1 + 2 * 10 + 2) + 2
-    torch.testing.assert_close(w["blocks.2.block.attn1.to_v.weight"],
+    torch.testing.assert_close(w["controlnet.2.copied_block.attn1.to_v.weight"],
                                control_sd["2.copied_block.attn.qkv.weight"][2 * HIDDEN:], rtol=0, atol=0)
-    torch.testing.assert_close(w["blocks.0.before_proj.weight"], control_sd["0.before_proj.weight"])
-    torch.testing.assert_close(w["blocks.1.after_proj.bias"], control_sd["1.after_proj.bias"])
+    torch.testing.assert_close(w["controlnet.0.before_proj.weight"], control_sd["0.before_proj.weight"])
+    torch.testing.assert_close(w["controlnet.1.after_proj.bias"], control_sd["1.after_proj.bias"])
     custom = map_official_control_state_dict(control_sd, num_blocks=3,
                                              layout={"block": "controlnet_blocks.{i}.",
                                                      "after_proj": "after.{i}."})

@@ -418,12 +418,12 @@ def map_official_state_dict(sd: Mapping[str, Tensor]) -> MappedCheckpoint:
 
 
 # --------------------------------------------------------------------------- control part
-#: Key layout of the control adapter that :func:`map_official_control_state_dict` produces by default:
-#: ``blocks.{i}.block.<diffusers block names>``, ``blocks.{i}.before_proj.*``, ``blocks.{i}.after_proj.*``.
+#: Key layout that :func:`map_official_control_state_dict` produces by default: the one of
+#: :class:`chexgen.models.controlnet.ChexGenControlNet` (official names, diffusers block names inside).
 DEFAULT_CONTROL_LAYOUT = {
-    "block": "blocks.{i}.block.",
-    "before_proj": "blocks.{i}.before_proj.",
-    "after_proj": "blocks.{i}.after_proj.",
+    "block": "controlnet.{i}.copied_block.",
+    "before_proj": "controlnet.{i}.before_proj.",
+    "after_proj": "controlnet.{i}.after_proj.",
 }
 
 

@@ -1,0 +1,91 @@
+"""`chexgen convert-official` end to end on tiny official-layout checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from chexgen.cli import main
+from chexgen.models.dit import ChexGenDiT
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_official_convert import (  # noqa: E402
+    HEADS,
+    IN_CH,
+    _Payload,
+    control_checkpoint,
+    inputs,
+    official_forward,
+    official_state_dict,
+)
+
+
+def test_convert_writes_pipeline_folder(tmp_path, capsys):
+    sd = official_state_dict(grid=16)
+    ckpt = tmp_path / "chexgen_256.pth"
+    torch.save({"state_dict_ema": {"module." + k: v for k, v in sd.items()}, "state_dict": sd}, ckpt)
+    out = tmp_path / "converted"
+    assert main(["convert-official", str(ckpt), "--out", str(out), "--num-heads", str(HEADS)]) == 0
+    assert "state_dict_ema" in capsys.readouterr().out
+
+    cfg = json.loads((out / "chexgen_config.json").read_text())
+    assert cfg["resolution"] == 256 and cfg["prompt_cleaning"] == "official"
+    assert cfg["text_encoder"]["kind"] == "t5" and cfg["text_encoder"]["name_or_path"] == "google/t5-v1_1-xxl"
+    assert cfg["text_encoder"]["max_length"] == 7 and cfg["text_encoder"]["embed_dim"] == 20  # the tiny model's
+    assert cfg["vae"]["kind"] == "sd" and cfg["vae"]["name_or_path"] == "stabilityai/sd-vae-ft-ema"
+    assert cfg["extra"]["source"] == "official" and len(cfg["extra"]["checkpoint_sha256"]) == 64
+    assert not (out / "vae").exists()  # a reference, never weights
+    assert (out / "scheduler" / "scheduler_config.json").is_file()
+    assert not (out / "controlnet").exists()
+
+    model = ChexGenDiT.from_pretrained(str(out / "transformer")).eval()
+    assert model.config.null_caption_mask == "prompt" and model.config.interpolation_scale == 1.0
+    x, t, y, mask = inputs(16, bsz=2)
+    with torch.no_grad():
+        got = model(x, t, y, mask)
+    torch.testing.assert_close(got.double(), official_forward(sd, x, t, y, mask), atol=1e-5, rtol=1e-5)
+
+    # Never overwrite an existing folder.
+    assert main(["convert-official", str(ckpt), "--out", str(out), "--num-heads", str(HEADS)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_convert_refuses_pickled_objects(tmp_path, capsys):
+    target = tmp_path / "ran"
+    ckpt = tmp_path / "evil.pth"
+    torch.save({"state_dict_ema": official_state_dict(), "cfg": _Payload(str(target))}, ckpt)
+    assert main(["convert-official", str(ckpt), "--out", str(tmp_path / "o"), "--num-heads", str(HEADS)]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not target.exists() and not (tmp_path / "o").exists()
+
+
+def test_convert_control_checkpoint_writes_adapter(tmp_path):
+    from chexgen.models.controlnet import ChexGenControlNet, controlled_forward
+
+    base, sd = control_checkpoint(blocks=3, depth=4)
+    ckpt = tmp_path / "control.pth"
+    torch.save({"state_dict_ema": sd}, ckpt)
+    out = tmp_path / "ctrl"
+    assert main(["convert-official", str(ckpt), "--out", str(out), "--control", "--num-heads", str(HEADS),
+                 "--no-hash", "--dtype", "float32"]) == 0
+    adapter = ChexGenControlNet.from_pretrained(str(out / "controlnet"))
+    assert adapter.num_blocks == 3 and adapter.config.palette == "official-binary-mask"
+    torch.testing.assert_close(adapter.controlnet[1].after_proj.weight, sd["controlnet.1.after_proj.weight"])
+    model = ChexGenDiT.from_pretrained(str(out / "transformer")).eval()
+    adapter.check_compatible(model)
+    x, t, y, mask = inputs(16, bsz=1)
+    with torch.no_grad():
+        # Zero conditioning scale: exactly the base model, which is the official base math.
+        plain = controlled_forward(model, adapter, x, t, y, mask, torch.randn_like(x), conditioning_scale=0.0)
+        cond = torch.randn_like(x)
+        ctrl = controlled_forward(model, adapter, x, t, y, mask, cond, conditioning_scale=1.0)
+    torch.testing.assert_close(plain.double(), official_forward(base, x, t, y, mask, depth=4), atol=1e-5, rtol=1e-5)
+    # Full scale: the official ControlT2IDiT math (control block j feeds base block j + 1).
+    control_sd = {k: v for k, v in sd.items() if k.startswith("controlnet.")}
+    want = official_forward(base, x, t, y, mask, depth=4, control_sd=control_sd, cond=cond)
+    torch.testing.assert_close(ctrl.double(), want, atol=1e-5, rtol=1e-5)
+    assert (ctrl - plain).abs().max() > 1e-3  # the non-zero official projections do act
+    assert plain.shape[1] == 2 * IN_CH
