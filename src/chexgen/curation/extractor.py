@@ -101,7 +101,10 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
         r"hemodialysis|venous) (?:lines?|catheters?)\b", r"\bcatheters?\b", r"\bpicc\b",
         r"\bpacemakers?\b", r"\bpacers?\b", r"\bdefibrillators?\b", r"\baicd\b", r"\bicd\b",
         r"\bport[- ]?a[- ]?cath\b", r"\bmediport\b", r"\bpacing (?:leads?|wires?)\b", r"\bstents?\b",
-        r"\bdevices?\b", r"\bhardware\b", r"\bsternotomy wires\b",
+        r"\bdevices?\b", r"\bhardware\b", r"\bsternotomy wires\b", r"\bgenerator\b", r"\b(?:monitor|cardiac) leads\b",
+        r"\bleads? (?:terminat\w*|in the right|overl\w*)", r"\bstimulator\b", r"\bshunt(?: tubing)?\b",
+        r"\bprosthe(?:sis|tic)\b", r"\binternal fixation\b", r"\bbone anchor\b",
+        r"\btip (?:in|at|overl\w*|project\w*|terminat\w*|approximat\w*)\b",
     ),
 }
 
@@ -158,6 +161,7 @@ _PRE_UNC = re.compile(
     r"suggest|suggests|suggestive of|suggesting|versus|vs|differential|consider|considered|rule out|r/o|"
     r"borderline|equivocal|indeterminate|uncertain|presumably|presumed|not excluded|cannot be excluded)\b"
 )
+_SUGGEST = re.compile(r"suggest|concerning for|suspicious for|to suggest")
 _POST_UNC = re.compile(
     r"^(?:[\s,]+[a-z-]+){0,6}?\s+(?:cannot be excluded|can not be excluded|not (?:entirely )?excluded|"
     r"cannot be ruled out|not ruled out|(?:is|are) (?:possible|suspected|questioned|likely|probable|"
@@ -191,7 +195,12 @@ def _status(clause: str, start: int, end: int) -> int:
     last_unc = unc[-1] if unc else -1
     if last_neg < 0 and last_unc < 0:
         return 1
-    return 0 if last_neg > last_unc else -1
+    if last_neg > last_unc:
+        return 0
+    # "No opacity to suggest pneumonia": a negated finding that would have suggested this one.
+    if 0 <= last_neg and _SUGGEST.match(before, last_unc):
+        return 0
+    return -1
 
 
 def _clauses(sentence: str) -> list[str]:
