@@ -328,6 +328,11 @@ class ControlledDiT(nn.Module):
             self.transformer.eval()  # frozen base: no dropout, as at sampling
         return self
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations of base and control blocks in backward (diffusers' mechanism)."""
+        self.transformer.enable_gradient_checkpointing()
+        self.controlnet.enable_gradient_checkpointing()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
