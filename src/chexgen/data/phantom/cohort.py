@@ -1,0 +1,186 @@
+"""Write a phantom cohort: images, masks and a manifest, in parallel, resumable.
+
+Layout of ``out``::
+
+    cohort.json               the settings (a resume must use the same ones)
+    images/<id>.png           8- or 16-bit radiograph
+    masks/<id>/<name>.png     lungs, heart, each rib, each finding and device
+    records/<id>.json         one finished case (written last, atomically)
+    manifest.jsonl            all finished cases in index order (rewritten at the end)
+
+Each case depends only on (seed, case index), so the cohort is the same for any
+number of workers; a case whose record exists is skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from chexgen.data.imageio import save_png
+from chexgen.data.manifest import Box, Mask, Record, record_from_dict, write_manifest
+from chexgen.data.phantom.atlas import load_atlas
+from chexgen.data.phantom.findings import labels_from_findings, load_prevalence
+from chexgen.data.phantom.render import render_case, sample_case
+from chexgen.data.phantom.source import SHA256, CT_FILE
+from chexgen.errors import ChexgenError
+from chexgen.utils import atomic_write_json
+
+__all__ = ["CohortConfig", "write_cohort", "case_id", "split_for", "make_record"]
+
+log = logging.getLogger(__name__)
+DATASET = "chexgen-phantom"
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Settings of a cohort (all but ``workers`` and ``source`` / ``cache`` must match on resume)."""
+
+    n: int
+    size: int = 256
+    seed: int = 0
+    view: str = "PA"
+    bits: int = 8
+    prevalence: str = "mimic"
+    workers: int = 1
+    source: str | None = None
+    cache: str | None = None
+
+    def check(self) -> None:
+        if self.n < 1:
+            raise ChexgenError(f"--n must be at least 1, got {self.n}")
+        if not 64 <= self.size <= 1024:
+            raise ChexgenError(f"--size must be within 64..1024 px, got {self.size}")
+        if self.bits not in (8, 16):
+            raise ChexgenError(f"--bits must be 8 or 16, got {self.bits}")
+        if self.view not in ("PA", "AP"):
+            raise ChexgenError(f"--view must be PA or AP, got {self.view!r}")
+        if self.workers < 1:
+            raise ChexgenError(f"--workers must be at least 1, got {self.workers}")
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("workers", "source", "cache", "n"):
+            d.pop(k)
+        return d
+
+
+def case_id(index: int) -> str:
+    return f"phantom_{index:06d}"
+
+
+def split_for(index: int) -> str:
+    """train / val / test (80 / 10 / 10) from a hash of the case index: stable across seeds and runs."""
+    h = int(hashlib.sha256(f"chexgen-phantom-{index}".encode()).hexdigest()[:8], 16) % 100
+    return "train" if h < 80 else ("val" if h < 90 else "test")
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    save_png(path, mask.astype(np.float32), bits=8)
+
+
+def make_record(cfg: CohortConfig, index: int, out: Path | None = None) -> tuple[Record, Any]:
+    """Render case ``index`` and build its record; with ``out``, also write its image and masks."""
+    from chexgen.curation.report_writer import TemplateReportWriter
+
+    atlas = load_atlas(cfg.view, source=cfg.source, cache=cfg.cache)
+    spec = sample_case(cfg.seed, index, load_prevalence(cfg.prevalence), view=cfg.view)
+    r = render_case(spec, atlas, cfg.size)
+    rid = case_id(index)
+    image_rel = f"images/{rid}.png"
+    masks = [Mask(name=name, path=f"masks/{rid}/{name}.png") for name in r.masks]
+    boxes = [Box(label=label, x0=float(x0), y0=float(y0), x1=float(x1), y1=float(y1)) for label, _, (x0, y0, x1, y1) in r.boxes]
+    labels = labels_from_findings(r.findings)
+    extra = {
+        "findings": [f.to_dict() for f in r.findings],
+        "finding_masks": list(r.finding_masks),  # parallel to findings and boxes
+        "severity_per_lung": {"right": r.severity["right"], "left": r.severity["left"]},
+        "cardiothoracic_ratio": round(r.ctr, 4),
+        "site": spec.site.name,
+        "acquisition": spec.acquisition,
+        "anatomy": asdict(spec.anatomy),
+        "case_index": index,
+    }
+    rec = Record(
+        id=rid, image=image_rel, dataset=DATASET, split=split_for(index), view=cfg.view,
+        sex=spec.demographics.sex, age=float(spec.demographics.age), race=spec.demographics.race,
+        patient_id=rid, study_id=rid, width=cfg.size, height=cfg.size, labels=labels,
+        masks=masks, boxes=boxes, severity=r.severity["total"], synthetic=True,
+        provenance={"generator": "chexgen phantom", "seed": cfg.seed, "case_index": index,
+                    "ct": CT_FILE, "ct_sha256": SHA256[CT_FILE], "prevalence": cfg.prevalence},
+        extra=extra,
+    )
+    report = TemplateReportWriter(seed=cfg.seed).write(rec)
+    rec.report = report.text
+    rec.impression = report.impression
+    if out is not None:
+        save_png(out / image_rel, r.image, bits=cfg.bits,
+                 text={"chexgen:synthetic": "true", "chexgen:phantom": f"seed={cfg.seed} index={index}"})
+        for name, m in r.masks.items():
+            _write_mask(out / "masks" / rid / f"{name}.png", m)
+    return rec, r
+
+
+def _work(args: tuple[CohortConfig, int, str]) -> int:
+    cfg, index, out = args
+    rec, _ = make_record(cfg, index, Path(out))
+    atomic_write_json(Path(out) / "records" / f"{rec.id}.json", rec.to_dict(), indent=None)
+    return index
+
+
+def _pending(cfg: CohortConfig, out: Path) -> list[int]:
+    return [i for i in range(cfg.n) if not (out / "records" / f"{case_id(i)}.json").is_file()]
+
+
+def _check_settings(cfg: CohortConfig, out: Path) -> None:
+    path = out / "cohort.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        mine = cfg.identity()
+        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+        if diff:
+            raise ChexgenError(f"{path}: this folder holds a cohort made with other settings {diff} "
+                               "(old, new); use another --out or the same settings to resume")
+    else:
+        atomic_write_json(path, cfg.identity())
+
+
+def write_cohort(cfg: CohortConfig, out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Render cases 0..n-1 into ``out`` (skipping finished ones) and write ``manifest.jsonl``."""
+    cfg.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, out)
+    load_atlas(cfg.view, source=cfg.source, cache=cfg.cache)  # build / verify once before forking
+    todo = _pending(cfg, out)
+    done_before = cfg.n - len(todo)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.n, initial=done_before, desc="phantom", unit="img", disable=not progress)
+    jobs = [(cfg, i, str(out)) for i in todo]
+    if cfg.workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            _work(job)
+            bar.update(1)
+    else:
+        with get_context("fork").Pool(cfg.workers) as pool:
+            for _ in pool.imap_unordered(_work, jobs, chunksize=1):
+                bar.update(1)
+    bar.close()
+    records = list(_read_records(cfg, out))
+    write_manifest(out / "manifest.jsonl", records)
+    return {"written": len(todo), "skipped": done_before, "total": len(records), "manifest": str(out / "manifest.jsonl")}
+
+
+def _read_records(cfg: CohortConfig, out: Path) -> Iterator[Record]:
+    for i in range(cfg.n):
+        path = out / "records" / f"{case_id(i)}.json"
+        yield record_from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
