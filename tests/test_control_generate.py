@@ -1,0 +1,95 @@
+"""Controlled generation writes images with their conditions: mask PNGs, COCO boxes, synthetic manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chexgen.commands._control_options import add_control_arguments, control_requested, generate_with_control
+from chexgen.data.conditions import encode_rle
+from chexgen.data.imageio import read_png_text
+from chexgen.data.manifest import read_manifest
+from chexgen.errors import ChexgenError
+from chexgen.models.controlnet import ChexGenControlNet
+from chexgen.models.presets import TextEncoderSpec
+from chexgen.pipeline import ChexGenPipeline
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_t5_dir):
+    root = tmp_path_factory.mktemp("gen")
+    spec = TextEncoderSpec(kind="t5", name_or_path=str(tiny_t5_dir), max_length=8, embed_dim=32)
+    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, depth=2, hidden_size=32,
+                                       num_heads=2)
+    base.save_pretrained(root / "base")
+    adapter = ChexGenControlNet.from_transformer(base.transformer)
+    adapter.save_pretrained(root / "ctrl")
+    (root / "ctrl" / "control_info.json").write_text(json.dumps({"base_model": str(root / "base")}))
+    return root, base
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    add_control_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_masks_and_boxes_are_written_with_each_image(models, tmp_path):
+    root, base = models
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = np.zeros((64, 64), np.uint8)
+    m[8:24, 40:56] = 255
+    Image.fromarray(m).save(masks / "case1.png")
+    (tmp_path / "boxes.csv").write_text("image_id,label,x0,y0,x1,y1,width,height\n"
+                                        "case1,Effusion,0,40,32,64,64,64\ncase2,Nodule,10,10,20,20,40,40\n")
+    args = _args(["--control-model", str(root / "ctrl"), "--masks", str(masks), "--boxes", str(tmp_path / "boxes.csv")])
+    assert control_requested(args) and not control_requested(_args([]))
+    out = tmp_path / "out"
+    n = generate_with_control(args, ["Left pneumothorax and effusion."], out, seed=4, num_inference_steps=2,
+                              guidance_scale=2.0, images_per_condition=2, progress=False, base_pipeline=base)
+    assert n == 4
+    records = read_manifest(out / "manifest.jsonl")
+    assert [r.id for r in records] == ["case1_s4", "case1_s5", "case2_s6", "case2_s7"]
+    r = records[0]
+    assert r.synthetic and r.provenance["seed"] == 4 and r.provenance["condition_id"] == "case1"
+    assert r.provenance["conditioning_scale"] == 1.0 and r.provenance["control_sha256"]
+    assert json.loads(read_png_text(out / r.image)["chexgen:provenance"])["prompt"] == r.impression
+    # Mask in output pixels: 64 -> 32 px halves the coordinates.
+    (mask,) = r.masks
+    assert mask.name == "Pneumothorax"
+    arr = np.asarray(Image.open(out / mask.path)) > 0
+    ys, xs = np.nonzero(arr)
+    assert (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) == (4, 12, 20, 28)
+    (box,) = r.boxes
+    assert (box.label, box.x0, box.y0, box.x1, box.y1) == ("Effusion", 0, 20, 16, 32)
+    coco = json.loads((out / "boxes.coco.json").read_text())
+    assert len(coco["images"]) == 4 and len(coco["annotations"]) == 4
+    ann = coco["annotations"][2]  # case2: 40 px frame -> 32 px output
+    assert ann["bbox"] == pytest.approx([8, 8, 8, 8])
+    cond = np.asarray(Image.open(out / r.extra["condition_image"]))
+    assert cond.shape == (32, 32) and cond[8, 24] > 0 and cond[28, 4] > 0
+
+
+def test_rle_csv_conditions_and_errors(models, tmp_path):
+    root, base = models
+    mask = np.zeros((16, 16), bool)
+    mask[2:6, 3:9] = True
+    (tmp_path / "rle.csv").write_text(f"ImageId,EncodedPixels\nimgA,{encode_rle(mask)}\nimgB,-1\n")
+    args = _args(["--control-model", str(root / "ctrl"), "--masks", str(tmp_path / "rle.csv"),
+                  "--mask-size", "16", "16", "--conditioning-scale", "0.5"])
+    out = tmp_path / "o"
+    assert generate_with_control(args, ["Pneumothorax."], out, num_inference_steps=1, progress=False,
+                                 base_pipeline=base) == 1  # the -1 row is skipped
+    (rec,) = read_manifest(out / "manifest.jsonl")
+    assert rec.provenance["conditioning_scale"] == 0.5
+    with pytest.raises(ChexgenError, match="need --control-model"):
+        generate_with_control(_args(["--masks", str(tmp_path / "rle.csv")]), ["x"], out, base_pipeline=base)
+    with pytest.raises(ChexgenError, match="VALUE=NAME"):
+        generate_with_control(_args(["--control-model", str(root / "ctrl"), "--masks", str(tmp_path),
+                                     "--mask-classes", "lungs"]), ["x"], out, base_pipeline=base)
