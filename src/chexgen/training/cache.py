@@ -79,10 +79,11 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "chexgen-cache/1"
 
-# A renderer draws one condition (mask, boxes, ...) of a record as a gray image of the
-# record's ORIGINAL image size (H, W), values in [0, 1]; None when the record has none.
-# The cache applies the image's own square-fit policy afterwards, so geometry matches.
-ConditionRenderer = Callable[[Record, "Path | None", tuple[int, int]], "np.ndarray | None"]
+# A renderer draws one condition (masks, boxes, ...) of a record as a gray ``size`` x ``size``
+# image in [0, 1], aligned with the image under the same square-fit ``policy``; None when the
+# record has none. Called as ``render(record, manifest_root, size, policy)``; the signature of
+# :func:`chexgen.data.conditions.record_condition`.
+ConditionRenderer = Callable[[Record, "Path | None", int, str], "np.ndarray | None"]
 
 
 @dataclass
@@ -167,9 +168,11 @@ class RecordImages(Dataset):
                 raise ChexgenError(f"{path}: image has non-finite pixels")
             item["image"] = torch.from_numpy(np.ascontiguousarray(img))[None]
             for name, render in self.conditions.items():
-                drawn = render(rec, self.root, raw.shape)
+                drawn = render(rec, self.root, self.resolution, self.resize_policy)
                 if drawn is not None:
-                    cond = fit_square(np.asarray(drawn, dtype=np.float32), self.resolution, self.resize_policy)
+                    cond = np.asarray(drawn, dtype=np.float32)
+                    if cond.shape != (self.resolution, self.resolution):
+                        raise ChexgenError(f"condition {name!r} rendered as {cond.shape}, expected square {self.resolution}")
                     item["conds"][name] = torch.from_numpy(np.ascontiguousarray(cond))[None]
         except Exception as e:  # noqa: BLE001 - reported per record in the rejects list, never silent
             item["image"] = None
@@ -308,17 +311,16 @@ def prepare_cache(
     buffer: list[dict[str, Any]] = []
     next_seq = 1 + max((int(sh["file"].rsplit("-", 1)[1].split(".")[0]) for sh in state["shards"]), default=-1)
 
-    def flush() -> None:
+    def flush(final: bool = False) -> None:
         nonlocal next_seq, buffer
-        if not buffer:
-            return
-        name = f"{part}-{next_seq:05d}.safetensors"
-        _write_shard(out / name, buffer, spec.conditions, spec.store_std)
-        state["shards"].append({"file": name, "count": len(buffer)})
-        atomic_write_json(out / f"{part}.json", state, indent=None)
-        summary.shards += 1
-        next_seq += 1
-        buffer = []
+        while len(buffer) >= shard_size or (final and buffer):
+            rows, buffer = buffer[:shard_size], buffer[shard_size:]
+            name = f"{part}-{next_seq:05d}.safetensors"
+            _write_shard(out / name, rows, spec.conditions, spec.store_std)
+            state["shards"].append({"file": name, "count": len(rows)})
+            atomic_write_json(out / f"{part}.json", state, indent=None)
+            summary.shards += 1
+            next_seq += 1
 
     bar = tqdm(total=len(todo), desc=f"prepare {part}", unit="img", disable=not progress, dynamic_ncols=True)
     with open(rejects_path, "a", encoding="utf-8") as rejects:
@@ -363,9 +365,8 @@ def prepare_cache(
                 })
                 summary.written += 1
             bar.update(len(good))
-            if len(buffer) >= shard_size:
-                flush()
-        flush()
+            flush()
+        flush(final=True)
     bar.close()
     state["done"] = True
     atomic_write_json(out / f"{part}.json", state, indent=None)

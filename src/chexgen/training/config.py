@@ -38,6 +38,8 @@ __all__ = [
     "save_config",
     "load_saved_config",
     "config_to_dict",
+    "add_config_arguments",
+    "config_from_args",
 ]
 
 C = TypeVar("C")
@@ -259,8 +261,9 @@ def resolve_config(
     file_layer = read_config_file(file) if file else {}
     cli_layer = {k: v for k, v in (overrides or {}).items() if v is not None}
     values: dict[str, Any] = {}
-    preset_name = cli_layer.get("preset") or file_layer.get("preset") or preset
     types_ = _field_types(cls)
+    default_preset = next((f.default for f in fields(cls) if f.name == "preset"), None)
+    preset_name = cli_layer.get("preset") or file_layer.get("preset") or preset or default_preset
     if preset_name is not None and "preset" in types_:
         values["preset"] = str(preset_name)
         defaults = PRESET_TRAIN_DEFAULTS.get(str(preset_name), {})
@@ -315,3 +318,86 @@ def load_saved_config(path: str | os.PathLike, cls: type[C] | None = None) -> C:
     values: dict[str, Any] = {}
     _merge(cls, values, data, str(path))
     return cls(**values)
+
+
+# --------------------------------------------------------------------------- command line
+HELP: dict[str, str] = {
+    "output_dir": "run folder: config.yaml, checkpoints/, logs/ (TensorBoard), samples/, the exported model",
+    "seed": "seed of initialisation, data order and per-step noise",
+    "batch_size": "images per process per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimisation step",
+    "learning_rate": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "adam_beta1": "AdamW beta1",
+    "adam_beta2": "AdamW beta2",
+    "adam_epsilon": "AdamW epsilon",
+    "max_grad_norm": "clip the gradient norm to this (0 = off)",
+    "lr_warmup_steps": "linear LR warm-up steps, then constant",
+    "max_steps": "stop after this many optimisation steps (in total, over resumes)",
+    "max_minutes": "also stop after this much training wall time in this session (then checkpoint and export)",
+    "mixed_precision": "auto (bf16 on a capable GPU, fp32 on CPU) | no | bf16 | fp16",
+    "ema_decay": "EMA decay of the exported weights (ramps up as (1+n)/(10+n))",
+    "gradient_checkpointing": "recompute activations in backward to save memory",
+    "num_workers": "DataLoader worker processes (0 = load in the training process; best on few CPU cores)",
+    "checkpoint_every": "write a checkpoint every N steps (0 = only at the end)",
+    "keep_checkpoints": "keep only the newest N checkpoints (0 = all)",
+    "log_every": "log losses to TensorBoard / the progress bar every N steps",
+    "sample_every": "draw a sample grid every N steps (0 = only at the end)",
+    "resume": "continue from the newest checkpoint in output_dir if there is one",
+    "progress": "show progress bars",
+    "preset": "model preset (chexgen presets lists them)",
+    "data": "a `chexgen prepare` cache folder (or a manifest with --encode-on-the-fly / for train-vae)",
+    "vae": "folder of a trained VAE (from chexgen train-vae) to sample and export with",
+    "transformer_overrides": "YAML mapping of ChexGenDiT arguments overriding the preset, e.g. '{depth: 2}'",
+    "init_from": "stage-2 start: a checkpoint, run or pipeline folder (pos-embed recomputed for the new resolution)",
+    "reinit_null_caption": "with --init-from: re-initialise the null caption instead of loading it",
+    "resolution": "image size in px (default: the cache's / preset's)",
+    "caption_dropout": "probability of replacing a caption by the learned null caption (for CFG)",
+    "latent_sampling": "sample: draw mean + std * noise from the cached moments each step; mean: use the mean",
+    "encode_on_the_fly": "read images and captions from a manifest and encode each batch (slow; no cache)",
+    "text_field": "caption source for on-the-fly encoding: auto (impression, else report) | impression | report",
+    "resize_policy": "square fit of images: crop (center) | pad (black borders)",
+    "sample_prompts": "prompts of the periodic sample grid",
+    "sample_steps": "sampler steps for sample grids",
+    "sample_guidance": "classifier-free guidance scale for sample grids",
+    "export": "write an inference folder at the end from the EMA weights",
+    "kl_weight": "weight of the KL term",
+    "ssim_weight": "weight of the (1 - SSIM) term",
+    "l1_weight": "weight of the L1 term",
+    "scaling_samples": "images encoded at export to set scaling_factor = 1 / std(latents)",
+}
+
+
+def add_config_arguments(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per config field (default None = "not given", so files and presets apply)."""
+    import argparse
+
+    parser.add_argument("--config", metavar="FILE", help="YAML / TOML / JSON file of config keys (CLI wins)")
+    parser.add_argument("--set", dest="set_items", action="append", metavar="KEY=VALUE", default=[],
+                        help="override any config key (value read as YAML); repeatable")
+    unset = argparse.SUPPRESS  # absent from the namespace unless given (and no "(default: None)" in help)
+    types_ = _field_types(cls)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in fields(cls)}
+    for name, tp in types_.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{HELP.get(name, name)} (default: {defaults[name]!r})"
+        if tp is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=unset, help=help_text)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, dest=name, nargs="*", default=unset, help=help_text + " (none given = empty)")
+        else:
+            parser.add_argument(flag, dest=name, default=unset, metavar=name.split("_")[-1].upper(), help=help_text)
+
+
+def config_from_args(args, cls: type[C], extra: Mapping[str, Any] | None = None) -> C:
+    """Resolve a config from parsed arguments made by :func:`add_config_arguments`."""
+    names = set(_field_types(cls))
+    cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "transformer_overrides" in cli and isinstance(cli["transformer_overrides"], str):
+        cli["transformer_overrides"] = yaml.safe_load(cli["transformer_overrides"])
+    cli.update({k: v for k, v in (extra or {}).items() if v is not None})
+    cli.update(parse_overrides(getattr(args, "set_items", None)))
+    return resolve_config(cls, file=getattr(args, "config", None), overrides=cli)

@@ -1,0 +1,35 @@
+"""``chexgen train-vae``: train or fine-tune the 1-channel VAE of the small presets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chexgen.training.config import VAETrainConfig, add_config_arguments, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="?", default=None, help="manifest (JSONL / Parquet) of training images")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    add_config_arguments(parser, VAETrainConfig, skip=("data",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from chexgen.data.manifest import read_manifest
+    from chexgen.errors import ChexgenError
+    from chexgen.training.trainer import make_accelerator, train
+    from chexgen.training.vae_task import build_vae_task
+
+    cfg = config_from_args(args, VAETrainConfig, extra={"data": args.data})
+    if not cfg.data:
+        raise ChexgenError("train-vae: give a manifest of images")
+    records = read_manifest(cfg.data)[: args.limit]
+    accelerator = make_accelerator(cfg)
+    result = train(build_vae_task(cfg, records, Path(cfg.data).parent), accelerator)
+    if accelerator.is_main_process:
+        logs = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
+        print(f"trained to step {result.step} (stopped by {result.stopped_by}; {result.steps_per_second:.2f} steps/s)"
+              f"{'; ' + logs if logs else ''}")
+        if result.export_dir:
+            print(f"VAE: {result.export_dir}  (chexgen prepare --vae {result.export_dir}; chexgen train --vae ...)")
+    return 0
