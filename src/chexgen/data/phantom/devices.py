@@ -31,8 +31,8 @@ from chexgen.data.phantom.atlas import MU_WATER, Atlas
 __all__ = ["render_device", "catmull_rom", "tube_projection"]
 
 MU_PVC = 1.25 * MU_WATER
-MU_STRIPE = 0.30  # per mm, barium stripe
-MU_CATHETER = 0.18
+MU_STRIPE = 0.45  # per mm, barium stripe
+MU_CATHETER = 0.32
 MU_LEAD = 0.40
 MU_TITANIUM = 0.13
 

@@ -9,7 +9,7 @@ Models (side / zone / severity choose where and how much):
 
 * Pleural Effusion: fluid (15 HU) fills the dependent lung base up to a
   meniscus that rises towards the lateral chest wall, so a small effusion only
-  blunts the costophrenic angle; height 10 / 25 / 45 % of the lung.
+  blunts the costophrenic angle; height 14 / 27 / 45 % of the lung.
 * Pneumothorax: pleural air of an erect patient. Lung within a depth of
   10 / 22 / 40 mm of the pleura (deepest at the apex and lateral wall, none at
   the base) becomes air, so the lung texture there is removed; the collapsed
@@ -33,8 +33,9 @@ Models (side / zone / severity choose where and how much):
   1.25 / 1.35, cranio-caudal half as much); lung inside the larger heart
   becomes blood. Normal hearts are scaled x 0.84..0.93 (heart voxels outside
   become aerated lung) so their cardiothoracic ratio stays in the normal range.
-* Enlarged Cardiomediastinum: the upper mediastinum widens by 10 / 17 / 26 mm
-  into both lungs above the heart.
+* Enlarged Cardiomediastinum: the upper mediastinum widens by up to
+  10 / 17 / 26 mm into both lungs, widest at the arch and tapering towards the
+  heart base and the thoracic inlet.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class LungSpace:
     dy: float
     heart_top: float  # Z (mm) of the heart base (top of the cardiac silhouette)
     heart_center: np.ndarray  # (3,) mm
+    lung_top: float  # Z (mm) of the higher lung apex
     heart_lo: np.ndarray  # (X, Y, Z) bool heart label, low resolution
     heart_idx: tuple[np.ndarray, np.ndarray, np.ndarray]  # voxel indices of the heart
     heart_mu: np.ndarray
@@ -119,6 +121,7 @@ def lung_space(atlas: Atlas) -> LungSpace:
         mu=atlas.mu_lo[ii, jj, kk], shape_xz=(lab.shape[0], lab.shape[2]), dy=sy,
         heart_top=float(heart_c[2] + 20.0),
         heart_center=heart_c,
+        lung_top=float(xyz[:, 2].max()),
         heart_lo=np.isin(lab, HEART),
         heart_idx=np.nonzero(np.isin(lab, HEART)),
         heart_mu=atlas.mu_lo[np.isin(lab, HEART)],
@@ -256,7 +259,7 @@ def insert_finding(
     texture = None
     label = f.label
     if label == "Pleural Effusion":
-        h0 = (0.10, 0.25, 0.45)[sev] * rng.uniform(0.85, 1.15)
+        h0 = (0.14, 0.27, 0.45)[sev] * rng.uniform(0.85, 1.15)
         level = h0 * (0.55 + 0.9 * space.lat**2) + 0.01 * _waves(rng, space.xyz, 3, (40, 80))
         sel = np.flatnonzero(sides & (space.h < level))
         new = np.full(len(sel), MU_FLUID, np.float32)
@@ -345,7 +348,11 @@ def insert_finding(
         new = np.full(len(sel), MU_SOFT, np.float32)
     elif label == "Enlarged Cardiomediastinum":
         w = (10.0, 17.0, 26.0)[sev]
-        sel = np.flatnonzero((space.d_med < w) & (space.xyz[:, 2] > space.heart_top + 5.0) & (space.lat < 0.5))
+        # Widest at the aortic arch, tapering to nothing at the heart base and at the thoracic inlet.
+        z = space.xyz[:, 2]
+        z0, z1 = space.heart_top - 10.0, space.lung_top - 10.0
+        taper = np.clip(np.sin(np.pi * (z - z0) / max(z1 - z0, 1.0)), 0, 1)
+        sel = np.flatnonzero((space.d_med < w * taper) & (space.lat < 0.5))
         new = np.full(len(sel), MU_BLOOD, np.float32)
     else:
         return None

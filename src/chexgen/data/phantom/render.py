@@ -173,7 +173,7 @@ def _fracture(ribs: np.ndarray, rib_mask: np.ndarray, f: Finding, rng: np.random
     along = (rr - p0[0]) * t[0] + (cc - p0[1]) * t[1]
     radial = np.hypot(rr - p0[0], cc - p0[1])
     sev = {"small": 0, "moderate": 1, "large": 2}[f.severity or "moderate"]
-    gap_mm, disp_mm = ((2.0, 0.0), (3.0, 3.0), (4.0, 6.0))[sev]
+    gap_mm, disp_mm = ((3.0, 1.5), (4.0, 4.0), (5.0, 8.0))[sev]
     gap = (np.abs(along) < max(gap_mm / pix / 2, 0.6)) & (radial < 12.0 / pix)
     fragment = (along >= 0) & (radial < 30.0 / pix) & ~gap
     rib = ribs[k]
@@ -324,7 +324,12 @@ def render_case(spec: CaseSpec, atlas: Atlas, size: int) -> Rendered:
     top, bottom, left, right = (int(round(c * S)) for c in coll)
     inside = np.zeros((S, S), bool)
     inside[top : S - bottom, left : S - right] = True
-    lo, hi = np.percentile(Ln[inside][:: 7], [1.0, 99.7])
+    # Vendor-style auto window: anchored on the lungs (darkest anatomy) and the densest 0.3 %,
+    # so the air around the patient saturates black as on clinical images.
+    lung_px = (masks["lung_right"] | masks["lung_left"]) & inside
+    hi = float(np.percentile(Ln[inside][::3], 99.7))
+    lung_lo = float(np.percentile(Ln[lung_px], 0.5)) if lung_px.sum() > 50 else float(np.percentile(Ln[inside], 5))
+    lo = lung_lo - 0.2 * (hi - lung_lo)
     v = np.clip((Ln - lo) / max(hi - lo, 1e-6), 0, 1)
     g = acq["gain"]
     v = (1 / (1 + np.exp(-g * (v - 0.5))) - 1 / (1 + np.exp(g / 2))) / (1 / (1 + np.exp(-g / 2)) - 1 / (1 + np.exp(g / 2)))
