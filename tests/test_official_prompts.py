@@ -89,3 +89,14 @@ def test_demographic_prompts_cleaned():
         clean_prompt("sex:Male, age:71.0, race:Black. Left (small) effusion.")
     ]
     assert demographic_prompts(recs)[0].startswith("sex:Male, age:71.0")
+
+
+def test_8bit_text_encoder_explains_what_is_missing():
+    from chexgen.models.presets import TextEncoderSpec
+    from chexgen.models.text_encoder_8bit import bitsandbytes_available, load_text_encoder_8bit
+
+    spec = TextEncoderSpec(kind="t5", name_or_path="google/t5-v1_1-xxl", max_length=120, embed_dim=4096)
+    with pytest.raises(ChexgenError, match="text_encoder_device='cpu'"):
+        load_text_encoder_8bit(spec, device="cpu" if bitsandbytes_available() else "cuda")
+    with pytest.raises(ChexgenError, match="not 'minilm'"):
+        load_text_encoder_8bit(TextEncoderSpec(kind="minilm", max_length=16, embed_dim=384))
