@@ -58,6 +58,11 @@ def test_palette_levels_distinct_and_aliases_resolve():
     assert resolve_class("rib_3_left").name == "ribs"
     assert resolve_class("lung_right").name == "lungs"
     assert resolve_class("pneumothorax").name == "Pneumothorax"
+    # phantom cohort mask names
+    assert resolve_class("finding_0_pleural_effusion").name == "Pleural Effusion"
+    assert resolve_class("finding_2_nodule").name == "Lung Lesion"
+    assert resolve_class("device_1_et_tube").name == "Support Devices"
+    assert resolve_class("rib_left_12").name == "ribs"
     with pytest.raises(ChexgenError, match="unknown condition class 'Unicorn'"):
         resolve_class("Unicorn")
 
@@ -249,11 +254,15 @@ def test_record_condition_and_sources(tmp_path):
     mask[4:12, 20:28] = True
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")
     rec = Record(id="a", width=32, height=32, boxes=[Box("Effusion", 2, 20, 14, 30)],
-                 masks=[Mask("Pneumothorax", path="m.png"), Mask("lungs", rle=encode_rle(mask), width=32, height=32)])
+                 masks=[Mask("Pneumothorax", path="m.png"), Mask("lungs", rle=encode_rle(~mask), width=32, height=32)])
     cond = record_condition(rec, tmp_path, 32)
     assert cond[8, 24] == pytest.approx(resolve_class("Pneumothorax").value)
     assert cond[25, 5] == pytest.approx(resolve_class("Pleural Effusion").value)
     assert record_condition(Record(id="b"), tmp_path, 32) is None
+    only_findings = record_condition(rec, tmp_path, 32, kinds=("finding",), use_boxes=False)
+    assert only_findings[8, 24] > 0 and only_findings[25, 5] == 0 and only_findings.max() == cond[8, 24]
+    lungs = resolve_class("lungs").value
+    assert np.isclose(cond, lungs).any() and not np.isclose(only_findings, lungs).any()
 
     folder = read_mask_folder(tmp_path)
     assert [c.id for c in folder] == ["m"] and folder[0].masks[0].name == "Pneumothorax"

@@ -131,9 +131,9 @@ _ALIASES: dict[str, str] = {
     "ild": "Lung Opacity", "pulmonaryfibrosis": "Lung Opacity",
     "nodule": "Lung Lesion", "mass": "Lung Lesion", "nodulemass": "Lung Lesion", "lesion": "Lung Lesion",
     "lesions": "Lung Lesion", "otherlesion": "Lung Lesion", "calcification": "Lung Lesion",
-    "pleuralthickening": "Pleural Other",
+    "pleuralthickening": "Pleural Other", "apicalcap": "Pleural Other",
     "aorticenlargement": "Enlarged Cardiomediastinum",
-    "ribfracture": "Fracture",
+    "ribfracture": "Fracture", "fractures": "Fracture",
     "supportdevice": "Support Devices", "device": "Support Devices", "devices": "Support Devices",
     "ettube": "Support Devices", "endotrachealtube": "Support Devices", "centralline": "Support Devices",
     "pacemaker": "Support Devices", "tube": "Support Devices", "line": "Support Devices",
@@ -146,9 +146,16 @@ _PATTERNS = (
 )
 
 
+# Numbered mask names of the phantom cohort: finding_<n>_<slug>, device_<n>_<slug>.
+_NUMBERED = re.compile(r"^(finding|device)\d+(.+)$")
+
+
 def resolve_class(name: str) -> ConditionClass:
     """Palette class for a label or mask name (aliases included); unknown names raise ChexgenError."""
     key = _fold(name)
+    numbered = _NUMBERED.match(key)
+    if numbered:
+        key = numbered.group(2) if numbered.group(1) == "finding" else "device"
     canon = _ALIASES.get(key)
     if canon is None:
         for pattern, target in _PATTERNS:
@@ -517,19 +524,25 @@ def record_condition(
     size: int,
     policy: str = "crop",
     mask_threshold: float | None = None,
+    kinds: Sequence[str] = ("anatomy", "finding"),
+    use_boxes: bool = True,
 ) -> np.ndarray | None:
     """The condition image of a manifest record (its masks and boxes), or ``None`` if it has neither.
 
     Geometry follows the record's ``width`` / ``height`` (the stored image) and the
     same ``policy`` as the image's :func:`~chexgen.data.imageio.fit_square`, so
-    condition and image stay aligned. Used by ``chexgen prepare`` to cache
-    condition latents and by ``chexgen generate`` for manifest conditions.
+    condition and image stay aligned. ``kinds`` selects mask classes (e.g.
+    ``("finding",)`` leaves anatomy masks out) and ``use_boxes`` the boxes. Used
+    by ``chexgen prepare`` to cache condition latents and by ``chexgen generate``
+    for manifest conditions.
     """
-    if not record.masks and not record.boxes:
+    selected = [m for m in record.masks if resolve_class(m.name).kind in kinds]
+    boxes = list(record.boxes) if use_boxes else []
+    if not selected and not boxes:
         return None
     where = f"record {record.id!r}"
     masks: list[LabelledMask] = []
-    for m in record.masks:
+    for m in selected:
         if m.rle is not None:
             arr = decode_rle(m.rle, int(m.width), int(m.height), where=f"{where}: mask {m.name!r}")
         else:
@@ -547,4 +560,4 @@ def record_condition(
 
         h, w = load_gray(record.resolve(record.image, root)).shape
         frame = (w, h)
-    return render_condition(size, masks, record.boxes, frame=frame, policy=policy, where=where)
+    return render_condition(size, masks, boxes, frame=frame, policy=policy, where=where)
