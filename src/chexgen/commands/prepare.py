@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="square fit: center crop, or pad with black borders")
     parser.add_argument("--text-field", choices=("auto", "impression", "report"), default="auto",
                         help="caption source: auto = impression if present, else report")
-    parser.add_argument("--prompt-cleaning", choices=("none", "basic", "pixart"), default="basic",
+    from chexgen.models.text_encoder import PROMPT_CLEANING
+
+    parser.add_argument("--prompt-cleaning", choices=PROMPT_CLEANING, default="basic",
                         help="caption normalisation before tokenising (must match inference)")
     parser.add_argument("--no-std", action="store_true",
                         help="store only the latent mean (half the size; train with --latent-sampling mean)")

@@ -229,14 +229,13 @@ class _PipelineAssets:
         return self._vae.to(device), self._text.to(device)
 
     def pipeline(self, transformer: nn.Module):
-        from chexgen.pipeline import ChexGenPipeline
+        from chexgen.pipeline import ChexGenPipeline, PipelineConfig
 
         device = next(transformer.parameters()).device
         vae, text = self.components(device)
-        return ChexGenPipeline.from_components(
-            transformer=transformer, vae=vae, text_encoder=text, preset=self.preset_name,
-            resolution=self.resolution, prompt_cleaning=self.prompt_cleaning,
-        )
+        config = PipelineConfig(preset=self.preset_name, resolution=self.resolution, text_encoder=self.text_spec,
+                                vae=self.vae_spec, prompt_cleaning=self.prompt_cleaning)
+        return ChexGenPipeline(transformer, vae, text, config=config)
 
     def sample(self, transformer: nn.Module, prompts: Sequence[str], steps: int, guidance: float, seed: int):
         pipe = self.pipeline(transformer)
