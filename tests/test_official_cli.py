@@ -89,3 +89,32 @@ def test_convert_control_checkpoint_writes_adapter(tmp_path):
     torch.testing.assert_close(ctrl.double(), want, atol=1e-5, rtol=1e-5)
     assert (ctrl - plain).abs().max() > 1e-3  # the non-zero official projections do act
     assert plain.shape[1] == 2 * IN_CH
+
+
+def test_converted_folder_generates_with_the_official_sampler(tmp_path, tiny_t5_dir):
+    """Convert, reload with ChexGenPipeline (local tiny T5 + tiny RGB VAE as the references), sample."""
+    from diffusers import AutoencoderKL
+
+    from chexgen.pipeline import ChexGenPipeline
+
+    vae_dir = tmp_path / "vae"
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                  scaling_factor=0.18215).save_pretrained(str(vae_dir))
+    sd = official_state_dict(grid=16, cap=32, tokens=16)  # the tiny T5 gives 16 tokens x 32 dims
+    ckpt = tmp_path / "official.pth"
+    torch.save({"state_dict_ema": sd}, ckpt)
+    out = tmp_path / "pipe"
+    assert main(["convert-official", str(ckpt), "--out", str(out), "--num-heads", str(HEADS), "--no-hash",
+                 "--text-encoder", str(tiny_t5_dir), "--vae", str(vae_dir)]) == 0
+
+    pipe = ChexGenPipeline.from_pretrained(out)
+    prompt = "sex:Male, age:71.0, race:Black. Small (LEFT) pleural effusion."
+    assert pipe.clean([prompt]) == ["sex:male, age:71.0, race:black. small left pleural effusion."]
+    result = pipe([prompt], sampler="official", num_inference_steps=2, seed=3, progress=False)
+    assert result.images.shape == (1, 1, 256, 256)
+    assert 0.0 <= result.images.min() and result.images.max() <= 1.0
+    again = pipe([prompt], sampler="official", num_inference_steps=2, seed=3, progress=False)
+    torch.testing.assert_close(result.images, again.images)
