@@ -190,8 +190,10 @@ def _set_metrics(real: LoadedSet, syn: LoadedSet, cfg: EvaluationConfig, warning
     else:
         warnings.append(f"k-NN precision/recall skipped: need more than k={k} images per set")
 
-    # diversity among images of the same prompt
-    groups = [group_key(r) for r in syn.records]
+    # images of one prompt share a key; with a known real source, the key is that record, so two
+    # synthetic sets made from the same reports pair up however each names its origin
+    match = match_to_real(real.records, syn.records)
+    groups = [f"real:{real.records[j].id}" if j is not None else group_key(r) for r, j in zip(syn.records, match)]
     div = compute_diversity(_images_t(syn), groups, use_ms_ssim=cfg.analysis_size >= 48)
     if div.n_groups:
         keys = list(div.per_group_ssim)
@@ -208,7 +210,6 @@ def _set_metrics(real: LoadedSet, syn: LoadedSet, cfg: EvaluationConfig, warning
         warnings.append(f"{syn.name}: no prompt has two or more images; diversity not computed")
 
     # factual correctness
-    match = match_to_real(real.records, syn.records)
     pairs = [(i, j) for i, j in enumerate(match) if j is not None]
     rs, ss = real.features.scores, syn.features.scores
     if rs is not None and ss is not None and len(pairs) >= 3:

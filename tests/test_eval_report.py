@@ -1,0 +1,139 @@
+"""End to end: manifests -> suite -> report.html + metrics.json, through the library and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from chexgen.cli import main
+from chexgen.data.imageio import save_png
+from chexgen.data.manifest import Mask, Record, write_manifest
+from chexgen.evaluation import ClassifierExtractor, EvaluationConfig, evaluate_manifests
+from chexgen.evaluation.matching import match_to_real
+
+
+class TinyClassifier(torch.nn.Module):
+    """A stand-in for a chexgen-trained classifier: [B,1,H,W] in [0,1] -> features and 14 scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 5, stride=4)
+        self.head = torch.nn.Linear(8, 14)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.conv(x).relu().mean((2, 3))
+        return {"features": f, "scores": torch.sigmoid(self.head(f))}
+
+
+def _image(seed: int, effusion: bool, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.35 + 0.2 * np.sin(xx * 6 + rng.uniform(0, 6)) * np.cos(yy * 4) + 0.05 * rng.normal(size=xx.shape)
+    if effusion:
+        img[int(size * 0.65):, :] += 0.3
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """10 real images; 2 synthetic seeds per real report; s3_0 is an exact copy of r3 (planted)."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "real").mkdir()
+    (root / "syn").mkdir()
+    (root / "syn_b").mkdir()
+    real, syn, syn_b = [], [], []
+    for i in range(10):
+        eff = i % 2 == 0
+        text = f"Case {i}: {'right pleural effusion' if eff else 'no acute findings'}."
+        save_png(root / f"real/r{i}.png", _image(i, eff))
+        real.append(Record(id=f"r{i}", image=f"real/r{i}.png", impression=text,
+                           labels={"Pleural Effusion": int(eff), "No Finding": int(not eff)}))
+        for k in range(2):
+            img = _image(i, eff) if (i, k) == (3, 0) else _image(1000 + 10 * i + k, eff)
+            save_png(root / f"syn/s{i}_{k}.png", img)
+            mask = np.zeros((64, 64), np.float32)
+            mask[44:, :] = 1.0 if eff else 0.0
+            save_png(root / f"syn/m{i}_{k}.png", mask)
+            syn.append(Record(id=f"s{i}_{k}", image=f"syn/s{i}_{k}.png", synthetic=True,
+                              masks=[Mask(name="effusion", path=f"syn/m{i}_{k}.png")],
+                              provenance={"prompt": f"sex:Male, age:60.0, race:White. {text}", "seed": k}))
+            save_png(root / f"syn_b/t{i}_{k}.png", _image(5000 + 10 * i + k, eff))
+            syn_b.append(Record(id=f"t{i}_{k}", image=f"t{i}_{k}.png", synthetic=True,
+                                extra={"source_id": f"r{i}"}, provenance={"prompt": text, "seed": k}))
+    write_manifest(root / "real.jsonl", real)
+    write_manifest(root / "syn.jsonl", syn)
+    write_manifest(root / "syn_b" / "syn_b.jsonl", syn_b)  # image paths relative to its own folder
+    return root
+
+
+def test_matching_by_prompt_and_source_id(cohort):
+    from chexgen.data.manifest import read_manifest
+
+    real = read_manifest(cohort / "real.jsonl")
+    syn = read_manifest(cohort / "syn.jsonl")
+    syn_b = read_manifest(cohort / "syn_b" / "syn_b.jsonl")
+    assert match_to_real(real, syn) == [i // 2 for i in range(20)]  # demographic prefix stripped
+    assert match_to_real(real, syn_b) == [i // 2 for i in range(20)]  # by source id
+
+
+def test_suite_writes_complete_report(cohort, tmp_path):
+    torch.manual_seed(0)
+    ex = ClassifierExtractor(TinyClassifier(), input_size=64, name="tiny")
+    cfg = EvaluationConfig(bootstrap=30, distribution_bootstrap=10, analysis_size=64, kid_subsets=5,
+                           progress=False)
+
+    def segmenter(x):  # thresholds the bright bottom band the effusion images carry
+        return (x[:, :, :, :].mean(-1, keepdim=True).expand_as(x) > 0.55).float()
+
+    res = evaluate_manifests(cohort / "real.jsonl", cohort / "syn.jsonl", tmp_path / "out", ex, cfg,
+                             compare_manifest=cohort / "syn_b" / "syn_b.jsonl", segmenter=segmenter)
+    m = res["metrics"]
+    for key in ("fid", "kid", "precision", "recall", "diversity_ssim", "diversity_ms_ssim", "pearson",
+                "auroc_macro", "memorised_fraction", "nearest_train_ssim", "control_dice", "control_iou"):
+        assert key in m, key
+        assert np.isfinite(m[key]["value"]), key
+    for key in ("fid", "pearson", "diversity_ssim"):
+        assert m[key]["low"] <= m[key]["value"] <= m[key]["high"], key
+    assert res["inputs"]["n_matched"] == 20 and res["inputs"]["n_prompts"] == 10
+    assert res["memorisation"]["flagged_ids"] == ["s3_0"]
+    assert res["memorisation"]["closest"][0]["ssim_train_id"] == "r3"
+    assert m["memorised_fraction"]["value"] == pytest.approx(1 / 20)
+    assert m["control_dice"]["value"] > 0.5
+    tests = res["comparison"]["tests"]
+    assert {"diversity_ssim", "feature_cosine_distance", "score_abs_error"} <= set(tests)
+    assert tests["diversity_ssim"]["n"] == 10
+
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["metrics"]["fid"]["value"] == pytest.approx(m["fid"]["value"])
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert '<table class="metrics">' in html and "Memorisation" in html and "Comparison" in html
+    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(pngs) >= 3  # t-SNE, per-finding grids, closest pairs
+    assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+
+def test_cli_with_a_torchscript_classifier(cohort, tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "classifier.pt"
+    torch.jit.script(TinyClassifier()).save(str(path))
+    out = tmp_path / "cli_out"
+    code = main(["evaluate", "--real", str(cohort / "real.jsonl"), "--synthetic", str(cohort / "syn.jsonl"),
+                 "--out", str(out), "--features", str(path), "--image-size", "64", "--analysis-size", "64",
+                 "--bootstrap", "20", "--distribution-bootstrap", "5", "--max-images", "8", "--no-tsne"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert {"fid", "pearson", "memorised_fraction"} <= set(summary)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["inputs"]["n_synthetic"] == 8 and data["inputs"]["n_real"] == 8
+    assert data["inputs"]["n_matched"] == 8  # the matched sources were kept when capping real
+    assert (out / "report.html").is_file()
+
+    assert main(["evaluate", "--real", str(cohort / "nope.jsonl"), "--synthetic", str(cohort / "syn.jsonl"),
+                 "--out", str(out)]) == 2
+    assert "manifest not found" in capsys.readouterr().err
