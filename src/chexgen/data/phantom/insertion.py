@@ -9,11 +9,13 @@ Models (side / zone / severity choose where and how much):
 
 * Pleural Effusion: fluid (15 HU) fills the dependent lung base up to a
   meniscus that rises towards the lateral chest wall, so a small effusion only
-  blunts the costophrenic angle; height 14 / 27 / 45 % of the lung.
+  blunts the costophrenic angle; height 17 / 28 / 45 % of the lung (medially half that, laterally 1.8 times).
 * Pneumothorax: pleural air of an erect patient. Lung within a depth of
   10 / 22 / 40 mm of the pleura (deepest at the apex and lateral wall, none at
-  the base) becomes air, so the lung texture there is removed; the collapsed
-  lung's visceral pleura is a 3 mm water-dense rim (the pleural line).
+  the base) becomes air. Where a ray meets less than 15 % of the lung it met
+  before, the projected lung texture is scaled down with that fraction (it is
+  gone); the edge of that region inside the lung is the visceral pleural line
+  (the collapsed lung's surface seen tangentially), drawn one pixel wide.
 * Consolidation: one lobe's air spaces fill with fluid (30 HU) within an
   irregular region (radius 22 / 35 / 60 mm) around a seed in the chosen zone;
   fissures bound it, as in lobar pneumonia.
@@ -25,7 +27,7 @@ Models (side / zone / severity choose where and how much):
 * Edema: interstitial and alveolar fluid raises lung density by up to
   300 / 500 / 750 HU, decaying away from the mediastinum (perihilar
   "bat-wing"), both lungs.
-* Lung Lesion: nodule (radius 5 / 8 / 12 mm) or mass (17 / 22 / 28 mm), soft
+* Lung Lesion: nodule (radius 6 / 9 / 13 mm) or mass (18 / 24 / 32 mm), soft
   tissue (40 HU), lobulated surface, partial-volume edge.
 * Pleural Other: pleural thickening along the lateral wall or an apical cap,
   4 / 7 / 11 mm of soft tissue at the pleural surface.
@@ -43,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from chexgen.data.phantom.atlas import (
     HEART,
@@ -61,6 +64,7 @@ SEV = {"small": 0, "moderate": 1, "large": 2}
 MU_FLUID = MU_WATER * 1.015
 MU_BLOOD = MU_WATER * 1.04
 MU_SOFT = MU_WATER * 1.04
+PLEURAL_LINE = 0.15  # line-integral contrast of the visceral pleural line
 CARDIOMEGALY_SCALE = {"small": 1.15, "moderate": 1.25, "large": 1.35}
 NORMAL_HEART_SCALE = (0.84, 0.93)
 
@@ -259,30 +263,27 @@ def insert_finding(
     texture = None
     label = f.label
     if label == "Pleural Effusion":
-        h0 = (0.14, 0.27, 0.45)[sev] * rng.uniform(0.85, 1.15)
-        level = h0 * (0.55 + 0.9 * space.lat**2) + 0.01 * _waves(rng, space.xyz, 3, (40, 80))
+        h0 = (0.17, 0.28, 0.45)[sev] * rng.uniform(0.85, 1.15)
+        level = h0 * (0.5 + 1.3 * space.lat**2) + 0.01 * _waves(rng, space.xyz, 3, (40, 80))
         sel = np.flatnonzero(sides & (space.h < level))
         new = np.full(len(sel), MU_FLUID, np.float32)
     elif label == "Pneumothorax":
         depth = (10.0, 22.0, 40.0)[sev] * rng.uniform(0.85, 1.15)
         # Erect patient: pleural air collects at the apex and along the lateral wall.
-        local = depth * np.clip((space.h - 0.2) / 0.6, 0.0, 1.0) ** 0.7 * (0.55 + 0.45 * space.lat)
+        local = depth * np.clip((space.h - 0.15) / 0.55, 0.0, 1.0) ** 0.7 * np.clip((space.lat - 0.15) / 0.5, 0.0, 1.0) ** 0.5
         air = sides & (space.d_lung < local)
-        rim = sides & ~air & (space.d_lung < local + 3.0) & (local > 2.0)
         s = _sides(f)[0]
         mine = np.flatnonzero(space.side == s)
         before = project(atlas, space, mine, np.ones(len(mine), np.float32), size)
         keep = np.flatnonzero((space.side == s) & ~air)
         after = project(atlas, space, keep, np.ones(len(keep), np.float32), size)
         factor = np.where(before > 0.5, np.clip(after / np.maximum(before, 1e-6), 0, 1), 1.0).astype(np.float32)
-        texture = (s, factor)
-        sel = np.flatnonzero(rim)
-        new = np.maximum(mu[sel], 1.0 * MU_WATER).astype(np.float32)
         mu[np.flatnonzero(air)] = 0.0
-        delta = project(atlas, space, sel, new - mu[sel], size)
-        mu[sel] = new
         lung_px = atlas_lung_mask(atlas, s, size)
-        mask = lung_px & (factor < 0.3)
+        mask = lung_px & (factor < 0.15)
+        # Visceral pleural line: the collapsed lung's edge seen tangentially, one pixel wide.
+        edge = ndimage.binary_dilation(mask) & ~mask & lung_px
+        delta = ndimage.gaussian_filter(edge.astype(np.float32) * PLEURAL_LINE, 0.5)
         return Effect(f, delta, mask, texture_side=s, texture_factor=factor)
     elif label in ("Consolidation", "Pneumonia", "Lung Opacity"):
         zone = _zone(space, f.zone) & sides
@@ -326,7 +327,7 @@ def insert_finding(
         sel = np.flatnonzero(sides & (hu_add > 5))
         new = np.minimum(mu[sel] + MU_WATER * hu_add[sel] / 1000.0, MU_WATER).astype(np.float32)
     elif label == "Lung Lesion":
-        r = ((5.0, 8.0, 12.0) if f.kind != "mass" else (17.0, 22.0, 28.0))[sev]
+        r = ((6.0, 9.0, 13.0) if f.kind != "mass" else (18.0, 24.0, 32.0))[sev]
         seed = _seed(rng, space, _zone(space, f.zone) & sides, 0.8 * r)
         if seed is None:
             return None

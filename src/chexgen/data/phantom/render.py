@@ -13,7 +13,8 @@ Order of work for one case (all on the canonical grid at the working size
    the image and every mask identically;
 4. exposure: detected photons ``N = N0 exp(-L)`` with quantum noise and
    detector blur, then the site's processing (auto window, sigmoid contrast,
-   gamma, edge enhancement) and collimation.
+   gamma, edge enhancement, dynamic-range compression) and collimation. The window
+   comes from the finding-free anatomy, so findings never shift it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from chexgen.data.phantom.variation import (
 __all__ = ["CaseSpec", "Rendered", "sample_case", "render_case", "resize_map", "case_rng", "MAX_WORK_SIZE"]
 
 MAX_WORK_SIZE = 512
+DRC = 0.5  # fraction of the low spatial frequencies removed by the display processing
 
 
 def case_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -287,6 +289,8 @@ def render_case(spec: CaseSpec, atlas: Atlas, size: int) -> Rendered:
     for eff in effects:
         if eff.texture_factor is not None and eff.texture_side is not None:
             lung[eff.texture_side] *= eff.texture_factor
+    L_anatomy = (an.soft_factor * comps["soft"] + an.bone_density * (comps["bone"] + comps["ribs"].sum(0))
+                 + comps["heart"] + comps["lung"].sum(0))
     L = (an.soft_factor * comps["soft"] + an.bone_density * (comps["bone"] + ribs.sum(0)) + comps["heart"]
          + lung.sum(0) + L_extra)
     for eff in effects:
@@ -324,11 +328,19 @@ def render_case(spec: CaseSpec, atlas: Atlas, size: int) -> Rendered:
     top, bottom, left, right = (int(round(c * S)) for c in coll)
     inside = np.zeros((S, S), bool)
     inside[top : S - bottom, left : S - right] = True
-    # Vendor-style auto window: anchored on the lungs (darkest anatomy) and the densest 0.3 %,
-    # so the air around the patient saturates black as on clinical images.
+    # Site window: anchored on the lungs (darkest anatomy) and the densest 0.3 % of the finding-free
+    # anatomy, so the air around the patient saturates black as on clinical images, and a finding
+    # never shifts the window (an auto-window would partly cancel diffuse findings such as edema).
+    La = _bilinear(L_anatomy, coords)
+    # Dynamic-range compression, as vendor processing does: remove half of the very low spatial
+    # frequencies (>= 2 cm) so lung detail gets more of the display range than the mediastinum.
+    sigma = 20.0 / pix
+    La_low = ndimage.gaussian_filter(La, sigma)
+    Ln = Ln - DRC * (La_low - La_low.mean())
+    La = La - DRC * (La_low - La_low.mean())
     lung_px = (masks["lung_right"] | masks["lung_left"]) & inside
-    hi = float(np.percentile(Ln[inside][::3], 99.7))
-    lung_lo = float(np.percentile(Ln[lung_px], 0.5)) if lung_px.sum() > 50 else float(np.percentile(Ln[inside], 5))
+    hi = float(np.percentile(La[inside][::3], 99.7))
+    lung_lo = float(np.percentile(La[lung_px], 0.5)) if lung_px.sum() > 50 else float(np.percentile(La[inside], 5))
     lo = lung_lo - 0.2 * (hi - lung_lo)
     v = np.clip((Ln - lo) / max(hi - lo, 1e-6), 0, 1)
     g = acq["gain"]
@@ -375,10 +387,8 @@ def _bilinear(img: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def _nearest(stack: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour sampling of a (n, S, S) bool stack; outside the grid is False."""
+    """Nearest-neighbour sampling of a (n, S, S) bool stack; outside the grid takes the edge (as the image does)."""
     S = stack.shape[-1]
-    r = np.rint(coords[0]).astype(np.int32)
-    c = np.rint(coords[1]).astype(np.int32)
-    ok = (r >= 0) & (r < S) & (c >= 0) & (c < S)
-    out = stack[:, np.clip(r, 0, S - 1), np.clip(c, 0, S - 1)]
-    return out & ok[None]
+    r = np.clip(np.rint(coords[0]).astype(np.int32), 0, S - 1)
+    c = np.clip(np.rint(coords[1]).astype(np.int32), 0, S - 1)
+    return stack[:, r, c]
