@@ -338,3 +338,61 @@ def test_control_checkpoint_mapping():
         load_official_transformer({"state_dict_ema": sd}, num_heads=HEADS)
     with pytest.raises(ChexgenError, match="without --control"):
         load_official_transformer({"state_dict_ema": base}, num_heads=HEADS, control=True)
+
+
+def test_aliases_for_one_table_cannot_both_load():
+    sd = official_state_dict()
+    sd["final_layer.scale_shift_table"] = sd["final_layer.shift_scale_table"] + 1  # PixArt's name as well
+    with pytest.raises(ChexgenError, match="already filled"):
+        load_official_transformer({"state_dict_ema": sd}, num_heads=HEADS)
+
+
+def test_paper_size_keys_and_shapes_fit_on_the_meta_device():
+    """DiT-XL/2 at 512 px and its 13-block control adapter, checked without allocating any weights."""
+    from accelerate import init_empty_weights
+
+    from chexgen.commands.convert_official import _specs
+    from chexgen.models.controlnet import ChexGenControlNet
+    from chexgen.models.official import build_empty_transformer, check_keys, map_official_state_dict
+
+    h, d = 1152, 28
+    shapes = {"x_embedder.proj.weight": (h, 4, 2, 2), "x_embedder.proj.bias": (h,),
+              "t_embedder.mlp.0.weight": (h, 256), "t_embedder.mlp.0.bias": (h,),
+              "t_embedder.mlp.2.weight": (h, h), "t_embedder.mlp.2.bias": (h,),
+              "t_block.1.weight": (6 * h, h), "t_block.1.bias": (6 * h,),
+              "y_embedder.y_embedding": (120, 4096), "y_embedder.y_proj.fc1.weight": (h, 4096),
+              "y_embedder.y_proj.fc1.bias": (h,), "y_embedder.y_proj.fc2.weight": (h, h),
+              "y_embedder.y_proj.fc2.bias": (h,), "final_layer.shift_scale_table": (2, h),
+              "final_layer.linear.weight": (32, h), "final_layer.linear.bias": (32,)}
+    block = {"shift_scale_gate_table": (6, h), "attn.qkv.weight": (3 * h, h), "attn.qkv.bias": (3 * h,),
+             "attn.proj.weight": (h, h), "attn.proj.bias": (h,), "cross_attn.q_linear.weight": (h, h),
+             "cross_attn.q_linear.bias": (h,), "cross_attn.kv_linear.weight": (2 * h, h),
+             "cross_attn.kv_linear.bias": (2 * h,), "cross_attn.proj.weight": (h, h), "cross_attn.proj.bias": (h,),
+             "mlp.fc1.weight": (4 * h, h), "mlp.fc1.bias": (4 * h,), "mlp.fc2.weight": (h, 4 * h),
+             "mlp.fc2.bias": (h,)}
+    for n in range(d):
+        shapes.update({f"blocks.{n}.{k}": v for k, v in block.items()})
+    assert sorted(shapes) == sorted(k for k in official_state_dict_keys(d) if k != "pos_embed")
+    sd = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+
+    arch = infer_architecture(sd, resolution=512)
+    assert (arch.num_heads, arch.sample_size, arch.interpolation_scale, arch.out_channels) == (16, 64, 2.0, 8)
+    model = build_empty_transformer(arch)
+    mapped = map_official_state_dict(sd)
+    check_keys(mapped.state_dict, model.state_dict(), mapped.unexpected)
+    assert sum(v.numel() for v in sd.values()) == sum(p.numel() for p in model.parameters())
+    preset, te, vae = _specs(arch, None, None)
+    assert preset == "xl2-512" and (te.kind, te.max_length, te.embed_dim) == ("t5", 120, 4096)
+    assert vae.name_or_path == "stabilityai/sd-vae-ft-ema"
+
+    ctrl = {f"controlnet.{i}.copied_block.{k}": torch.empty(v, device="meta")
+            for i in range(13) for k, v in block.items()}
+    ctrl.update({f"controlnet.{i}.after_proj.{p}": torch.empty((h, h) if p == "weight" else (h,), device="meta")
+                 for i in range(13) for p in ("weight", "bias")})
+    ctrl.update({f"controlnet.0.before_proj.{p}": torch.empty((h, h) if p == "weight" else (h,), device="meta")
+                 for p in ("weight", "bias")})
+    assert sorted(ctrl) == sorted(k for k in official_state_dict_keys(d, 13) if k.startswith("controlnet."))
+    mapped_c = map_official_control_state_dict({k[len("controlnet."):]: v for k, v in ctrl.items()})
+    with init_empty_weights():
+        adapter = ChexGenControlNet(num_blocks=13, base_depth=28)
+    check_keys(mapped_c.state_dict, adapter.state_dict(), mapped_c.unexpected)
