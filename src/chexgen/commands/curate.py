@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -84,9 +83,8 @@ def _writer(args: argparse.Namespace, out: Path):
 
 def run(args: argparse.Namespace) -> int:
     from chexgen.curation.pipeline import curate_records
-    from chexgen.data.manifest import write_manifest
+    from chexgen.curation.output import write_curated_manifest, write_rejects
     from chexgen.data.sources.registry import get_source, list_sources, load_source
-    from chexgen.utils import atomic_path
 
     if args.list_sources:
         for spec in list_sources():
@@ -145,11 +143,8 @@ def run(args: argparse.Namespace) -> int:
         curated, steps = paper_selection(curated, args.select, count_tokens)
         print(format_steps(steps))
 
-    n = write_manifest(out, curated)
-    with atomic_path(rejects_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rj in rejects:
-                f.write(json.dumps(rj.to_dict(), ensure_ascii=False) + "\n")
+    n = write_curated_manifest(out, curated)
+    write_rejects(rejects_path, rejects)
     from chexgen.curation.statistics import compute_stats, write_stats
 
     st = compute_stats(curated, count_tokens, token_sample=args.token_sample, seed=args.seed)
