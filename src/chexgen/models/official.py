@@ -119,6 +119,7 @@ def read_official_checkpoint(path: str | Path, mmap: bool = True) -> dict[str, A
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()
         detail = next((line for line in first if "Unsupported" in line or "global" in line.lower()), first[0] if first else "")
+        detail = detail.split(" Please use")[0]  # torch's advice to allowlist the class: not offered here
         raise ChexgenError(
             f"{path}: refused to load: the file contains Python objects other than tensors and plain "
             f"containers, which could execute code when unpickled (torch.load weights_only=True said: "
