@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from chexgen.curation.qc import QCResult, check_report
-from chexgen.curation.report_writer import ReportWriter, TemplateReportWriter
+from chexgen.curation.report_writer import ReportWriter
 from chexgen.data.manifest import Record
 from chexgen.data.sources._common import Reject
 from chexgen.errors import ChexgenError
@@ -42,13 +42,6 @@ class CurationStats:
         return (self.written - self.flagged) / self.written if self.written else 1.0
 
 
-def _with_seed(writer: ReportWriter, attempt: int) -> ReportWriter:
-    """The same writer with a different wording seed (template writer); others are reused as they are."""
-    if attempt == 0 or not isinstance(writer, TemplateReportWriter):
-        return writer
-    return TemplateReportWriter(seed=writer.seed + 7919 * attempt, negative_rate=writer.negative_rate)
-
-
 def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attempts: int = 3,
                    keep_failed: bool = False, llm_check: Callable[[Record, str], dict] | None = None,
                    progress: bool = False, total: int | None = None
@@ -69,7 +62,7 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
     stats = CurationStats()
     out: list[Record] = []
     rejects: list[Reject] = []
-    writers = [_with_seed(writer, a) for a in range(max(1, max_attempts))]
+    writers = [writer.for_attempt(a) for a in range(max(1, max_attempts))]
     iterator: Iterable[Record] = records
     if progress:
         from tqdm import tqdm

@@ -82,6 +82,10 @@ class ReportWriter(ABC):
         """Write several reports (writers that batch, such as the LLM one, override this)."""
         return [self.write(r) for r in records]
 
+    def for_attempt(self, attempt: int) -> "ReportWriter":
+        """The writer to use for rewrite number ``attempt`` after a failed check (0 = first try)."""
+        return self
+
 
 @dataclass(frozen=True)
 class FindingDetail:
@@ -366,6 +370,12 @@ class TemplateReportWriter(ReportWriter):
     def __init__(self, seed: int = 0, negative_rate: float = 1.0):
         self.seed = int(seed)
         self.negative_rate = float(negative_rate)
+
+    def for_attempt(self, attempt: int) -> "TemplateReportWriter":
+        """Another wording seed for a rewrite."""
+        if attempt == 0:
+            return self
+        return TemplateReportWriter(seed=self.seed + 7919 * attempt, negative_rate=self.negative_rate)
 
     # -- sections ------------------------------------------------------------
     def _patient(self, record: Record, rng: random.Random) -> str:
