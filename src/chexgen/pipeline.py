@@ -142,8 +142,9 @@ class ChexGenPipeline:
 
     def to(self, device=None, dtype: torch.dtype | None = None, text_encoder_device=None) -> "ChexGenPipeline":
         """Move transformer and VAE (and the text encoder, unless ``text_encoder_device`` keeps it elsewhere)."""
-        self.transformer.to(device=device, dtype=dtype)
-        self.vae.to(device=device, dtype=dtype)
+        kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        self.transformer.to(**kw)  # (diffusers warns on any dtype= keyword, even None)
+        self.vae.to(**kw)
         te_device = text_encoder_device if text_encoder_device is not None else device
         self._text_encoder_device = torch.device(te_device) if te_device is not None else None
         if self._text_encoder is not None and te_device is not None:

@@ -165,6 +165,10 @@ def load_text_encoder(
     device = torch.device(device) if device is not None else torch.device("cpu")
     if dtype is None:
         dtype = torch.bfloat16 if (spec.kind == "t5" and device.type == "cuda") else torch.float32
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # keep CLI stderr to real messages
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         if spec.kind == "t5":
@@ -178,6 +182,9 @@ def load_text_encoder(
             f"could not load the {spec.kind} text encoder from {where!r} ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); pass a local folder when offline"
         ) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     width = getattr(model.config, "d_model", None) or getattr(model.config, "hidden_size", None)
     if width is not None and int(width) != int(spec.embed_dim):
         raise ChexgenError(
