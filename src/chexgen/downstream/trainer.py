@@ -30,7 +30,7 @@ from chexgen.downstream.metrics import (
 )
 from chexgen.downstream.models import ModelSpec, build_model
 
-__all__ = ["TrainConfig", "FitResult", "fit", "predict", "score", "seed_everything", "PRIMARY_METRIC", "class_balanced_weights"]
+__all__ = ["TrainConfig", "FitResult", "fit", "predict", "predict_dataset", "score", "seed_everything", "PRIMARY_METRIC", "class_balanced_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,16 @@ def _loader(ds: ManifestDataset, cfg: TrainConfig, shuffle: bool, gen: torch.Gen
         shuffle = False
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, sampler=sampler, generator=gen if shuffle else None,
                       num_workers=cfg.num_workers, collate_fn=collate_samples, drop_last=False)
+
+
+def predict_dataset(task: str, model: torch.nn.Module, ds: ManifestDataset, cfg: TrainConfig) -> dict[str, Any]:
+    """Predictions of a trained model on another set (e.g. a synthetic test set), in dataset order."""
+    device = _device(cfg.device)
+    model.to(device)
+    try:
+        return predict(task, model, _loader(ds, cfg, False, None), device, (0.0, 1.0), cfg.threshold)
+    finally:
+        model.cpu()
 
 
 def fit(

@@ -1,0 +1,56 @@
+"""Summaries across seeds: mean +- sd and the two-sided Wilcoxon signed-rank test.
+
+Runs are paired by seed (same seed, same real subset), which is what makes a paired
+signed-rank test the right one. With n paired runs the smallest attainable two-sided p is
+2 / 2**n (0.0625 for the paper's 5 seeds), so "p < 0.05" needs at least 6 seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["Summary", "summarize", "wilcoxon_p", "format_mean_sd"]
+
+
+@dataclass
+class Summary:
+    mean: float
+    sd: float
+    n: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "sd": self.sd, "n": self.n}
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean and sample standard deviation (ddof=1; 0 for a single run) of the finite values."""
+    vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if len(vals) == 0:
+        return Summary(float("nan"), float("nan"), 0)
+    return Summary(float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, int(len(vals)))
+
+
+def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired runs ``a`` vs ``b`` (nan if fewer than 2 pairs).
+
+    Pairs with a nan on either side are dropped; identical runs (all differences zero) give p = 1.
+    """
+    from scipy.stats import wilcoxon
+
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
+    if len(pairs) < 2:
+        return float("nan")
+    d = np.asarray([x - y for x, y in pairs])
+    if np.allclose(d, 0):
+        return 1.0
+    return float(wilcoxon(d, alternative="two-sided", zero_method="wilcox").pvalue)
+
+
+def format_mean_sd(s: Summary, digits: int = 3) -> str:
+    if s.n == 0:
+        return "n/a"
+    return f"{s.mean:.{digits}f} ± {s.sd:.{digits}f}"
