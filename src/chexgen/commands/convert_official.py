@@ -11,7 +11,6 @@ assigned, never copied twice).
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from typing import Any
 import torch
 
 from chexgen.errors import ChexgenError
-
-logger = logging.getLogger(__name__)
 
 #: Condition palette id written into converted official control adapters. The official
 #: control model was trained on binary masks (finding = white, background = black), not on
