@@ -114,3 +114,14 @@ def test_save_and_load_control_pipeline(pipes, tmp_path):
     a = ChexGenControlPipeline(base, trained)("Pneumothorax.", conds, **kw).images
     b = loaded("Pneumothorax.", conds, **kw).images
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_official_binary_palette_adapter_sees_white_masks(pipes, tmp_path):
+    base, _, _ = pipes
+    official = ChexGenControlNet.from_transformer(base.transformer, palette="official-binary-mask")
+    official.save_pretrained(tmp_path / "official")
+    pipe = ChexGenControlPipeline.from_pretrained(tmp_path / "official", base=base)
+    img = pipe.render(_conditions()[1])
+    assert set(np.unique(img)) == {0.0, 1.0}
+    gray = ChexGenControlPipeline(base, ChexGenControlNet.from_transformer(base.transformer)).render(_conditions()[1])
+    assert np.array_equal(gray > 0, img > 0) and len(np.unique(gray)) == 3

@@ -62,6 +62,7 @@ def write_controlled_outputs(
     policy: str,
     bits: int = 8,
     manifest_name: str = "manifest.jsonl",
+    palette: str = "chexgen-gray16-v1",
 ) -> list[Record]:
     """Write images, conditions, masks, COCO boxes and the synthetic manifest (see module docstring).
 
@@ -85,7 +86,7 @@ def write_controlled_outputs(
                  text={"chexgen:synthetic": "true", "chexgen:provenance": json.dumps(prov, sort_keys=True)})
         cond_rel = f"conditions/{rid}.png"
         save_png(out / cond_rel, output.conditions[k, 0].numpy(), bits=8,
-                 text={"chexgen:condition": "palette chexgen-gray16-v1"})
+                 text={"chexgen:condition": f"palette {palette}"})
         masks, boxes = condition_targets(cond, size, policy)
         mask_entries = []
         for name, mask in masks.items():

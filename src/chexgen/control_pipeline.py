@@ -30,10 +30,15 @@ import numpy as np
 import torch
 
 from chexgen.data.condition_sources import ConditionInput
-from chexgen.data.conditions import render_condition
+from chexgen.data.conditions import render_binary_condition, render_condition
 from chexgen.diffusion.samplers import SAMPLERS, denoise, get_sampler_spec, make_generators
 from chexgen.errors import ChexgenError
-from chexgen.models.controlnet import ChexGenControlNet, controlled_forward, load_controlnet
+from chexgen.models.controlnet import (
+    OFFICIAL_BINARY_PALETTE_ID,
+    ChexGenControlNet,
+    controlled_forward,
+    load_controlnet,
+)
 from chexgen.models.text_encoder import TextEmbeddings
 from chexgen.pipeline import ChexGenPipeline
 
@@ -128,10 +133,15 @@ class ChexGenControlPipeline:
 
     # ------------------------------------------------------------------ conditions
     def render(self, condition: ConditionInput) -> np.ndarray:
-        """The condition image (``resolution`` square, float in [0, 1]) of one :class:`ConditionInput`."""
-        return render_condition(self.resolution, condition.masks, condition.boxes,
-                                frame=(condition.width, condition.height), policy=self.fit_policy,
-                                where=f"condition {condition.id!r}")
+        """The condition image (``resolution`` square, float in [0, 1]) of one :class:`ConditionInput`.
+
+        Drawn with the adapter's palette: chexgen's gray class levels, or white-on-black
+        for a converted official (binary mask) adapter.
+        """
+        draw = render_binary_condition if self.controlnet.config.palette == OFFICIAL_BINARY_PALETTE_ID \
+            else render_condition
+        return draw(self.resolution, condition.masks, condition.boxes, frame=(condition.width, condition.height),
+                    policy=self.fit_policy, where=f"condition {condition.id!r}")
 
     @torch.no_grad()
     def encode_conditions(self, images: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,7 @@ def generate_with_control(
         "guidance": cfg.guidance_scale if guidance_scale is None else guidance_scale,
         "chexgen_version": __version__,
     }
-    write_controlled_outputs(out, result, conditions, provenance, policy=pipe.fit_policy, bits=bits)
+    write_controlled_outputs(out, result, conditions, provenance, policy=pipe.fit_policy, bits=bits,
+                             palette=pipe.controlnet.config.palette)
     log.info("wrote %d controlled images to %s", result.images.shape[0], out)
     return int(result.images.shape[0])

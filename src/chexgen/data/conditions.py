@@ -86,6 +86,7 @@ __all__ = [
     "validate_box",
     "FrameToSquare",
     "render_condition",
+    "render_binary_condition",
     "extract_boxes",
     "class_masks",
     "record_condition",
@@ -479,6 +480,22 @@ def render_condition(
         canvas[r0:r1, c0:c1] = resolve_class(box.label).value
     draw_masks("finding")
     return canvas
+
+
+def render_binary_condition(
+    size: int,
+    masks: Sequence[LabelledMask] = (),
+    boxes: Sequence[Box] = (),
+    frame: tuple[int, int] | None = None,
+    policy: str = "crop",
+    where: str = "<condition>",
+) -> np.ndarray:
+    """Union of all masks and (filled) boxes as white on black: what the official SIIM control model saw.
+
+    Same geometry and checks as :func:`render_condition`; classes are validated but not drawn.
+    """
+    cond = render_condition(size, masks, boxes, frame=frame, policy=policy, where=where)
+    return (cond > 0).astype(np.float32)
 
 
 def class_masks(condition: np.ndarray, tolerance: float | None = None) -> dict[str, np.ndarray]:

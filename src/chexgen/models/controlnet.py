@@ -56,6 +56,8 @@ __all__ = [
     "split_trainable",
     "OFFICIAL_KEY_LAYOUT",
     "CONDITION_PALETTE_ID",
+    "OFFICIAL_BINARY_PALETTE_ID",
+    "SUPPORTED_PALETTES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ OFFICIAL_KEY_LAYOUT = {
 }
 # Saved with every adapter so a model is never fed conditions drawn with another palette.
 CONDITION_PALETTE_ID = "chexgen-gray16-v1"
+# The official SIIM control model saw binary masks: finding white (1.0), background black.
+OFFICIAL_BINARY_PALETTE_ID = "official-binary-mask"
+SUPPORTED_PALETTES = (CONDITION_PALETTE_ID, OFFICIAL_BINARY_PALETTE_ID)
 
 
 def default_num_control_blocks(depth: int) -> int:
@@ -362,10 +367,10 @@ def load_controlnet(path: str, transformer: nn.Module | None = None, **kwargs: A
     if not os.path.isfile(os.path.join(str(path), "config.json")):
         raise ChexgenError(f"{path}: ControlNet adapter folder not found (expected config.json + weights)")
     adapter = ChexGenControlNet.from_pretrained(path, **kwargs)
-    if adapter.config.palette != CONDITION_PALETTE_ID:
+    if adapter.config.palette not in SUPPORTED_PALETTES:
         raise ChexgenError(
             f"{path}: adapter was trained with condition palette {adapter.config.palette!r}; this chexgen draws "
-            f"{CONDITION_PALETTE_ID!r}"
+            f"{' or '.join(map(repr, SUPPORTED_PALETTES))}"
         )
     if transformer is not None:
         adapter.check_compatible(transformer)
