@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Rewrites allowed for a report that fails the label check.")
     p.add_argument("--keep-failed", action="store_true",
                    help="Keep records whose report still fails QC (flagged in extra.qc) instead of rejecting them.")
+    p.add_argument("--rewrite-source-reports", action="store_true",
+                   help="Also write new reports for records that come with a real one (MIMIC-CXR, NLMCXR); "
+                        "by default real reports are kept and only checked.")
     p.add_argument("--limit", type=int, default=None, help="Read only the first N rows of each source.")
     p.add_argument("--image-root", action="append", default=[], metavar="NAME=DIR",
                    help="Folder holding a source's images; stored image paths are placed under it.")
@@ -123,12 +126,16 @@ def run(args: argparse.Namespace) -> int:
         unique.append(r)
     curated, qc_rejects, stats = curate_records(unique, writer, max_attempts=args.max_attempts,
                                                 keep_failed=args.keep_failed, llm_check=llm_check,
+                                                rewrite_source_reports=args.rewrite_source_reports,
                                                 progress=len(unique) > 20000, total=len(unique))
     rejects.extend(qc_rejects)
     t_write = time.time() - t0 - t_read
     print(f"reports: {stats.written} written, {stats.passed_first} passed QC first time, {stats.rewritten} "
           f"rewritten, {stats.flagged} flagged, {stats.writer_errors} writer errors "
           f"(agreement {100 * stats.agreement:.2f}%)")
+    if stats.source_reports:
+        print(f"source reports kept: {stats.source_reports} ({stats.source_reports_agreeing} agree with the labels "
+              f"under the rule check)")
 
     count_tokens = None
     if args.tokenizer.lower() != "none":

@@ -30,6 +30,8 @@ class CurationStats:
     """Counts of one curation run."""
 
     written: int = 0
+    source_reports: int = 0
+    source_reports_agreeing: int = 0
     passed_first: int = 0
     rewritten: int = 0
     flagged: int = 0
@@ -43,7 +45,7 @@ class CurationStats:
 
 
 def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attempts: int = 3,
-                   keep_failed: bool = False, llm_check: Callable[[Record, str], dict] | None = None,
+                   keep_failed: bool = False, rewrite_source_reports: bool = False, llm_check: Callable[[Record, str], dict] | None = None,
                    progress: bool = False, total: int | None = None
                    ) -> tuple[list[Record], list[Reject], CurationStats]:
     """Attach a checked report to each record.
@@ -53,6 +55,9 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
         writer: a :class:`ReportWriter`.
         max_attempts: rewrites allowed for a report that fails QC.
         keep_failed: keep flagged records in the output (``extra.qc.passed`` is false) instead of rejecting them.
+        rewrite_source_reports: write a new report even for records that come with a real one (MIMIC-CXR,
+            NLMCXR). By default a real report is kept as it is: it is checked and the agreement stored, but it
+            is never rejected (a labeler's disagreement with a radiologist is not the radiologist's error).
         llm_check: optional second opinion (the LLM QC pass); its verdict is stored, the rule check decides.
         progress: show a tqdm bar.
 
@@ -69,6 +74,16 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
 
         iterator = tqdm(records, total=total, desc="curate", unit="rec", mininterval=1.0)
     for record in iterator:
+        if record.report and not rewrite_source_reports:
+            stats.source_reports += 1
+            qc_src = check_report(record.labels, record.report)
+            stats.source_reports_agreeing += qc_src.passed
+            info = {"passed": qc_src.passed, "writer": "source"}
+            if not qc_src.passed:
+                info["discrepancies"] = [str(d) for d in qc_src.discrepancies]
+            record.extra = {**record.extra, "qc": info}
+            out.append(record)
+            continue
         stats.written += 1
         qc: QCResult | None = None
         report = None
