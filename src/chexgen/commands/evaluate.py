@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "comparable with anything).")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="Use at most N images per manifest.")
     p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap draws for confidence intervals (0 = none).")
-    p.add_argument("--distribution-bootstrap", type=int, default=200,
+    p.add_argument("--distribution-bootstrap", type=int, default=50,
                    help="Cap on bootstrap draws for FID / KID / precision-recall (each draw recomputes them).")
     p.add_argument("--compare", default=None, metavar="MANIFEST",
                    help="A second synthetic manifest: metrics for it too, and Wilcoxon tests on shared prompts.")
