@@ -46,7 +46,7 @@ __all__ = ["Atlas", "load_atlas", "build_atlas", "MU_WATER", "hu_to_mu", "RIB_NA
 
 log = logging.getLogger(__name__)
 
-ATLAS_VERSION = 3
+ATLAS_VERSION = 4
 ATLAS_SIZE = 512  # canonical detector grid
 LOW_FACTOR = 4  # in-plane downsampling of the low-resolution finding volume
 N_SLABS = 8
@@ -233,6 +233,12 @@ def build_atlas(ct: CTVolume, view: str = "PA") -> Atlas:
                 maps[n] += _resample(P[n], Wz_zero, Wx)
         soft_extra += _resample(water, Wz_zero, Wx)
     soft = maps[0] + soft_extra
+    # Above the scanned range the soft tissue repeats the top slice; smooth it across (neck and
+    # shoulders have no fine detail there) so it reads as tissue, not as vertical streaks.
+    top_row = int(np.ceil(geo.to_pixel(np.array([geo.x_center]), np.array([0.5 * (geo.y_front + geo.y_back)]),
+                                       np.array([(Z - 1) * sz]), S)[0][0]))
+    if top_row > 0:
+        soft[:top_row] = ndimage.gaussian_filter1d(soft[:top_row], sigma=12.0 / (geo.fov_mm / S), axis=1)
     lo = _lowres(ct, mu)
     atlas = Atlas(
         geometry=geo,

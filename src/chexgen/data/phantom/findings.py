@@ -9,9 +9,10 @@ Prevalence configs:
 
 * ``mimic`` (default): each class is drawn independently with a probability
   close to its MIMIC-CXR prevalence (CheXpert-labeller positives over all
-  studies); parenchymal findings also make "Lung Opacity" positive, as the
-  CheXpert label hierarchy does, so the marginal of "Lung Opacity" ends up near
-  MIMIC's.
+  studies), at most four pathologies a case. "Lung Opacity" is drawn at a lower
+  rate than MIMIC's 23 % because MIMIC counts every pneumonia, edema or
+  atelectasis that a report calls an opacity; here each label is one rendered
+  finding.
 * ``balanced``: a case is normal with probability 1/14; otherwise it gets one to
   three distinct classes drawn uniformly, so every class is about equally common.
 * a JSON or YAML file mapping label names to probabilities (independent draws),
@@ -48,14 +49,14 @@ SEVERITIES = ("small", "moderate", "large")
 ZONES = ("upper", "middle", "lower")
 DEVICE_KINDS = ("et_tube", "central_line", "pacemaker")
 PATHOLOGIES = tuple(name for name in LABELS if name != "No Finding")
-# Findings that fill air spaces; they imply "Lung Opacity" (CheXpert hierarchy) and count for RALO.
+# Findings that fill air spaces: they count for the RALO-like severity score.
 PARENCHYMAL = ("Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis")
 
 # Approximate MIMIC-CXR positive rates (CheXpert labeller, all studies).
 MIMIC_PREVALENCE: dict[str, float] = {
     "Enlarged Cardiomediastinum": 0.03,
     "Cardiomegaly": 0.20,
-    "Lung Opacity": 0.10,  # standalone; parenchymal findings add to it
+    "Lung Opacity": 0.12,  # standalone ground-glass / air-space opacity (see module docstring)
     "Lung Lesion": 0.03,
     "Edema": 0.12,
     "Consolidation": 0.05,
@@ -201,10 +202,13 @@ def sample_findings(rng: np.random.Generator, prevalence: Prevalence) -> list[Fi
 
 
 def labels_from_findings(findings: list[Finding]) -> dict[str, int]:
-    """Exact 14-class labels: 1 for present classes, parenchymal findings imply Lung Opacity, else 0."""
+    """Exact 14-class labels: 1 for each rendered class, else 0; "No Finding" when only devices (or nothing).
+
+    Unlike the CheXpert labeller's hierarchy, a pneumonia does not also make "Lung Opacity"
+    positive: every positive label names a finding that was rendered with its own mask, box and
+    sentence, so text, labels and pixels agree one to one.
+    """
     present = {f.label for f in findings}
-    if present & set(PARENCHYMAL):
-        present.add("Lung Opacity")
     pathologic = present - {"Support Devices"}
     labels = {name: int(name in present) for name in LABELS}
     labels["No Finding"] = int(not pathologic)

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from chexgen.data.phantom.atlas import MU_WATER, RIB_NAMES, Atlas
 from chexgen.data.phantom.devices import render_device
-from chexgen.data.phantom.findings import PARENCHYMAL, Finding, Prevalence, sample_findings
+from chexgen.data.phantom.findings import Finding, Prevalence, sample_findings
 from chexgen.data.phantom.insertion import (
     CARDIOMEGALY_SCALE,
     Effect,
@@ -372,11 +372,19 @@ def render_case(spec: CaseSpec, atlas: Atlas, size: int) -> Rendered:
                     info={"working_size": S})
 
 
+def _reflect(q: np.ndarray, n: int) -> np.ndarray:
+    """Mirror coordinates into [0, n - 1] (beyond the canonical grid the anatomy continues mirrored,
+    which looks like body and not like the streaks that repeating the edge row gives)."""
+    period = 2 * (n - 1)
+    q = np.mod(q, period)
+    return np.where(q > n - 1, period - q, q)
+
+
 def _bilinear(img: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Bilinear sampling of ``img`` at (row, col) ``coords``; outside samples take the nearest edge value."""
+    """Bilinear sampling of ``img`` at (row, col) ``coords``, mirrored at the edges."""
     S0, S1 = img.shape
-    r = np.clip(coords[0], 0, S0 - 1.001)
-    c = np.clip(coords[1], 0, S1 - 1.001)
+    r = np.clip(_reflect(coords[0], S0), 0, S0 - 1.001)
+    c = np.clip(_reflect(coords[1], S1), 0, S1 - 1.001)
     r0 = r.astype(np.int32)
     c0 = c.astype(np.int32)
     fr = r - r0
@@ -387,8 +395,8 @@ def _bilinear(img: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def _nearest(stack: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour sampling of a (n, S, S) bool stack; outside the grid takes the edge (as the image does)."""
+    """Nearest-neighbour sampling of a (n, S, S) bool stack, mirrored at the edges (as the image is)."""
     S = stack.shape[-1]
-    r = np.clip(np.rint(coords[0]).astype(np.int32), 0, S - 1)
-    c = np.clip(np.rint(coords[1]).astype(np.int32), 0, S - 1)
+    r = np.clip(np.rint(_reflect(coords[0], S)).astype(np.int32), 0, S - 1)
+    c = np.clip(np.rint(_reflect(coords[1], S)).astype(np.int32), 0, S - 1)
     return stack[:, r, c]
