@@ -200,3 +200,26 @@ def test_prevalence_mimic_and_balanced(tmp_path):
     custom.write_text(json.dumps({"not a label": 0.3}))
     with pytest.raises(ChexgenError, match="unknown label"):
         load_prevalence(custom)
+
+
+def test_cli_writes_a_cohort_and_reports_bad_input(atlas, tmp_path, capsys):
+    from chexgen.cli import main
+
+    assert main(["phantom", "--n", "2", "--size", "64", "--out", str(tmp_path / "c"), "--workers", "1",
+                 "--bits", "16", "--no-progress"]) == 0
+    assert len(read_manifest(tmp_path / "c" / "manifest.jsonl")) == 2
+    assert main(["phantom", "--n", "2", "--out", str(tmp_path / "d"), "--prevalence", str(tmp_path / "none.json")]) == 2
+    assert "prevalence" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "cohort.json").exists()
+
+
+@pytest.mark.slow
+def test_ap_view_renders_with_its_own_geometry():
+    ap = load_atlas("AP")  # builds the AP atlas once (about 30 s)
+    assert ap.geometry.view == "AP" and ap.geometry.sid == 1000.0
+    case = sample_case(0, 2, PREV, view="AP", findings=[Finding("Pleural Effusion", "left", "moderate", "lower")])
+    r = render_case(case, ap, SIZE)
+    assert r.image.shape == (SIZE, SIZE) and [f.label for f in r.findings] == ["Pleural Effusion"]
+    # The heart lies anterior to the mid-plane: magnified relative to it on AP, reduced on PA.
+    y = ap.landmarks["heart_center"][1]
+    assert ap.geometry.magnification(y) > 1.0 > load_atlas("PA").geometry.magnification(y)

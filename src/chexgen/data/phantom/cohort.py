@@ -156,6 +156,7 @@ def _check_settings(cfg: CohortConfig, out: Path) -> None:
 def write_cohort(cfg: CohortConfig, out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Render cases 0..n-1 into ``out`` (skipping finished ones) and write ``manifest.jsonl``."""
     cfg.check()
+    load_prevalence(cfg.prevalence)  # a bad prevalence fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg, out)

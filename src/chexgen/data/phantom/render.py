@@ -48,6 +48,7 @@ from chexgen.data.phantom.variation import (
 __all__ = ["CaseSpec", "Rendered", "sample_case", "render_case", "resize_map", "case_rng", "MAX_WORK_SIZE"]
 
 MAX_WORK_SIZE = 512
+MU_BREAST = 0.93 * MU_WATER  # mixed fatty / glandular tissue
 DRC = 0.5  # fraction of the low spatial frequencies removed by the display processing
 
 
@@ -126,7 +127,7 @@ def _components(atlas: Atlas, size: int) -> dict[str, np.ndarray]:
 
 
 def _breasts(atlas: Atlas, comps: dict[str, np.ndarray], size: float, rng: np.random.Generator, S: int) -> np.ndarray:
-    """Line integral of two ellipsoids of breast tissue (0.95 x water) over the lower lung zones."""
+    """Line integral of two ellipsoids of breast tissue (0.93 x water) over the lower lung zones."""
     out = np.zeros((S, S), np.float32)
     if size <= 0:
         return out
@@ -142,11 +143,11 @@ def _breasts(atlas: Atlas, comps: dict[str, np.ndarray], size: float, rng: np.ra
         c0 = lateral + (0.38 if side == 0 else -0.38) * (cols.max() - cols.min())
         a = (65 + 25 * size) / pix
         b = (50 + 20 * size) / pix
-        c = 12 + 16 * size  # half-thickness in mm
+        c = 6 + 9 * size  # half-thickness in mm (12..30 mm of breast tissue through the centre)
         q = 1 - ((cc - c0) / a) ** 2 - ((rr - r0) / b) ** 2
         # Tissue hangs: full thickness below the centre, fading out towards the upper pole.
         fade = np.clip(0.5 + (rr - r0) / b, 0, 1)
-        out += (2 * c * np.sqrt(np.clip(q, 0, None)) * fade * 0.95 * MU_WATER).astype(np.float32)
+        out += (2 * c * np.sqrt(np.clip(q, 0, None)) * fade * MU_BREAST).astype(np.float32)
     return out
 
 
