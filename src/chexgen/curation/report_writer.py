@@ -31,6 +31,7 @@ reads every report back into labels for quality control.
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -156,7 +157,7 @@ _POSITIVE: dict[str, tuple[str, ...]] = {
         "{sev} enlargement of the cardiac silhouette.",
     ),
     "Lung Opacity": (
-        "{sev} {loc_adj} opacity.",
+        "{sev} {loc_adj} airspace opacity.",
         "{sev} patchy opacity{loc}.",
         "There is a {sev} area of increased opacity{loc}.",
     ),
@@ -251,7 +252,7 @@ _NEGATIVE_SINGLE: dict[str, tuple[str, ...]] = {
     "Edema": ("pulmonary edema",),
     "Pneumonia": ("pneumonia",),
     "Lung Opacity": ("focal opacity",),
-    "Lung Lesion": ("suspicious pulmonary nodule or mass", "pulmonary nodule"),
+    "Lung Lesion": ("suspicious pulmonary nodule", "pulmonary nodule"),
     "Atelectasis": ("atelectasis",),
     "Pleural Other": ("pleural thickening",),
     "Fracture": ("acute fracture", "displaced rib fracture"),
@@ -304,9 +305,13 @@ def _pick(rng: random.Random, options: Sequence[str]) -> str:
     return options[rng.randrange(len(options))] if len(options) > 1 else options[0]
 
 
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])")
+
+
 def _tidy(sentence: str) -> str:
     s = " ".join(sentence.split())
     s = s.replace(" .", ".").replace(" ,", ",")
+    s = _ARTICLE.sub(lambda m: m.group(1) + "n ", s)  # "a area" -> "an area" once a severity word is absent
     return s[:1].upper() + s[1:] if s else s
 
 
@@ -328,7 +333,7 @@ def _loc_words(det: FindingDetail | None) -> tuple[str, str, str, str]:
         loc = f" in both {zone_w}s" if zone_w else " bilaterally"
     elif side in ("left", "right"):
         side_adj, side_loc = side, f" on the {side}"
-        loc_adj = f"{side} {zone_w}".strip()
+        loc_adj = f"{side} {zone_w}" if zone_w else f"{side} lung"
         loc = f" in the {side} {zone_w}" if zone_w else f" in the {side} lung"
     else:
         side_adj = side_loc = ""
