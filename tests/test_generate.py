@@ -93,6 +93,17 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny_pipeline_dir, tmp_path,
     assert len(err.splitlines()) == 1 and err.startswith("chexgen generate: error:") and match in err
 
 
+def test_positional_prompt_and_control_options_present(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "pos"
+    assert main(["generate", "Small left pleural effusion.", "--model", str(tiny_pipeline_dir), "--out", str(out),
+                 *FAST]) == 0
+    assert read_manifest(out / "manifest.jsonl")[0].impression == "Small left pleural effusion."
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "--control-model" in capsys.readouterr().out
+
+
 def test_missing_demo_model_error_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     import chexgen.commands.generate as gen
 

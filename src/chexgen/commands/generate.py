@@ -26,6 +26,8 @@ def demo_model_path() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("prompts (one of)")
+    src.add_argument("text", nargs="*", default=[], metavar="PROMPT",
+                     help="Prompt(s) given directly, e.g. chexgen generate \"Small left pleural effusion.\" --out x")
     src.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                      help="A prompt (repeat the option for several).")
     src.add_argument("--prompts", type=Path, default=None, metavar="FILE",
@@ -66,24 +68,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Output folder: images/*.png, manifest.jsonl, generation.json. Rerunning resumes.")
     o.add_argument("--bits", type=int, default=8, choices=(8, 16), help="PNG bit depth.")
     o.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    try:  # mask / box control lives in its own module (spatial-control engineer)
+        from chexgen.commands._control_options import add_control_arguments
+    except ImportError:  # pragma: no cover
+        return
+    add_control_arguments(parser)
 
 
-def _collect_prompts(args):
+def _collect_prompts(args, required: bool = True):
     from chexgen.generation import PromptItem, read_prompts
 
-    if args.prompt and args.prompts:
-        raise ChexgenError("give --prompt or --prompts, not both")
-    if args.prompt:
+    direct = list(getattr(args, "text", None) or []) + list(args.prompt or [])
+    if direct and args.prompts:
+        raise ChexgenError("give prompts directly (PROMPT / --prompt) or with --prompts FILE, not both")
+    if direct:
         items = []
-        for i, p in enumerate(args.prompt):
+        for i, p in enumerate(direct):
             if not p or not p.strip():
-                raise ChexgenError(f"--prompt number {i + 1} is empty")
-            items.append(PromptItem(p.strip(), None, f"--prompt {i + 1}"))
+                raise ChexgenError(f"prompt number {i + 1} on the command line is empty")
+            items.append(PromptItem(p.strip(), None, f"prompt {i + 1}"))
         return items
     if args.prompts is not None:
         return read_prompts(args.prompts, column=args.column, manifest=args.manifest or None,
                             demographic=args.demographic_prompts)
-    raise ChexgenError("no prompts: give --prompt TEXT or --prompts FILE")
+    if required:
+        raise ChexgenError("no prompts: give PROMPT, --prompt TEXT or --prompts FILE")
+    return []
+
+
+def _run_control(args) -> int:
+    """Mask / box guided generation (see chexgen.commands._control_options)."""
+    from chexgen.commands._control_options import generate_with_control
+
+    if args.preset is not None:
+        raise ChexgenError("--preset cannot be combined with --control-model")
+    items = _collect_prompts(args, required=False)
+    n = generate_with_control(
+        args, [i.prompt for i in items], args.out, model=str(args.model) if args.model else None,
+        seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
+        batch_size=args.batch_size, images_per_condition=args.num_images_per_prompt, bits=args.bits,
+        device=args.device, progress=not args.no_progress,
+    )
+    print(f"generated {n} controlled image(s) -> {args.out}", flush=True)
+    return 0
 
 
 def _check_numbers(args) -> None:
@@ -141,6 +168,12 @@ def _use_cpu(device: str | None) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     _check_numbers(args)
+    try:
+        from chexgen.commands._control_options import control_requested
+    except ImportError:  # pragma: no cover
+        control_requested = None
+    if control_requested is not None and control_requested(args):
+        return _run_control(args)
     items = _collect_prompts(args)
 
     from accelerate import PartialState
