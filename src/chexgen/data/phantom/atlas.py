@@ -46,11 +46,14 @@ __all__ = ["Atlas", "load_atlas", "build_atlas", "MU_WATER", "hu_to_mu", "RIB_NA
 
 log = logging.getLogger(__name__)
 
-ATLAS_VERSION = 4
+ATLAS_VERSION = 5
 ATLAS_SIZE = 512  # canonical detector grid
 LOW_FACTOR = 4  # in-plane downsampling of the low-resolution finding volume
 N_SLABS = 8
 MU_WATER = 0.0206  # linear attenuation of water per mm at ~60 keV effective energy
+# A detector pixel belongs to a rib when the ray crosses at least ~5 mm of rib (excess over water
+# of about 0.002 per mm): this gives the whole rib outline, as VinDr-RibCXR annotates it.
+RIB_MASK_THRESHOLD = 0.01
 
 LUNG_RIGHT = (12, 13, 14)
 LUNG_LEFT = (10, 11)
@@ -249,7 +252,7 @@ def build_atlas(ct: CTVolume, view: str = "PA") -> Atlas:
         lung=maps[3:5],
         lung_mask=maps[3:5] > 0.02,
         heart_mask=maps[2] > 0.5 * MU_WATER * sy * 4,
-        rib_mask=maps[5:] > 0.1,
+        rib_mask=maps[5:] > RIB_MASK_THRESHOLD,
         landmarks=_landmarks(ct),
         **lo,
     )

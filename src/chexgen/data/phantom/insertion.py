@@ -21,7 +21,7 @@ Models (side / zone / severity choose where and how much):
   fissures bound it, as in lobar pneumonia.
 * Pneumonia: patchy air-space opacity (-700..30 HU from a smooth random field)
   in an irregular region (25 / 38 / 55 mm), may cross fissures.
-* Lung Opacity (alone): ground-glass haze (about -450 HU), soft edge.
+* Lung Opacity (alone): ground-glass haze (about -380 HU), 1 cm soft edge.
 * Atelectasis: plate-like (discoid) collapse: a near-horizontal band of lung
   5 / 9 / 14 mm thick becomes airless (0 HU).
 * Edema: interstitial and alveolar fluid raises lung density by up to
@@ -308,7 +308,7 @@ def insert_finding(
         else:
             sel = np.flatnonzero(region)
             edge = np.clip((radius * (1 + 0.25 * noise[sel]) - dist[sel]) / 10.0, 0, 1)
-            hu = -450 + 80 * _waves(rng, space.xyz[sel], 4, (10, 30))
+            hu = -380 + 80 * _waves(rng, space.xyz[sel], 4, (10, 30))
             new = np.maximum(mu[sel], mu[sel] + edge * (MU_WATER * (1 + hu / 1000) - mu[sel])).astype(np.float32)
     elif label == "Atelectasis":
         zone = _zone(space, f.zone) & sides & (space.lat > 0.15)
@@ -353,8 +353,9 @@ def insert_finding(
         z = space.xyz[:, 2]
         z0, z1 = space.heart_top - 10.0, space.lung_top - 10.0
         taper = np.clip(np.sin(np.pi * (z - z0) / max(z1 - z0, 1.0)), 0, 1)
-        sel = np.flatnonzero((space.d_med < w * taper) & (space.lat < 0.5))
-        new = np.full(len(sel), MU_BLOOD, np.float32)
+        fill = np.clip((w * taper - space.d_med) / 6.0 + 0.5, 0, 1)  # 6 mm soft margin, no voxel steps
+        sel = np.flatnonzero((fill > 0) & (space.lat < 0.5))
+        new = (mu[sel] + fill[sel] * (MU_BLOOD - mu[sel])).astype(np.float32)
     else:
         return None
     if len(sel) == 0:

@@ -48,6 +48,9 @@ from chexgen.data.phantom.variation import (
 __all__ = ["CaseSpec", "Rendered", "sample_case", "render_case", "resize_map", "case_rng", "MAX_WORK_SIZE"]
 
 MAX_WORK_SIZE = 512
+# CT numbers are measured at ~70 keV; a chest radiograph's softer spectrum (~50 keV effective)
+# sees the excess attenuation of bone over water about 2 x larger (photoelectric absorption grows as Z^3/E^3).
+BONE_ENERGY_FACTOR = 2.0
 MU_BREAST = 0.93 * MU_WATER  # mixed fatty / glandular tissue
 DRC = 0.5  # fraction of the low spatial frequencies removed by the display processing
 
@@ -152,7 +155,14 @@ def _breasts(atlas: Atlas, comps: dict[str, np.ndarray], size: float, rng: np.ra
 
 
 def _fracture(ribs: np.ndarray, rib_mask: np.ndarray, f: Finding, rng: np.random.Generator, pix: float) -> np.ndarray | None:
-    """Break one rib's projection (gap across the rib, distal fragment displaced); returns the fracture mask."""
+    """Rib fracture; returns the fracture mask (a 7 mm disk around the break).
+
+    One rib of the chosen side (zone upper: ribs 3-4, middle: 5-7, lower: 8-9) is broken on
+    its lateral arc. A rib is a thin curved plate, so cutting its projection equals projecting
+    the cut rib: bone is removed across the rib in a gap of 3 / 4 / 5 mm and the fragment on one
+    side is displaced by 1.5 / 4 / 8 mm (small / moderate / large); moderate and large are
+    healing fractures with a callus cuff of new bone around the break.
+    """
     numbers = {"upper": (3, 4), "middle": (5, 6, 7), "lower": (8, 9)}[f.zone or "middle"]
     k = int(rng.choice(numbers)) - 1 + (0 if f.side == "right" else 12)
     m = rib_mask[k]
@@ -161,7 +171,7 @@ def _fracture(ribs: np.ndarray, rib_mask: np.ndarray, f: Finding, rng: np.random
         return None
     # A point on the lateral arc: the rib's outermost columns.
     lat = (cols.max() - cols) / max(np.ptp(cols), 1) if f.side == "right" else (cols - cols.min()) / max(np.ptp(cols), 1)
-    cand = np.flatnonzero((lat > 0.75) & (lat < 0.92))
+    cand = np.flatnonzero((lat > 0.5) & (lat < 0.75))  # inside the lung field, where a rib shows against air
     if len(cand) == 0:
         return None
     i = int(rng.choice(cand))
@@ -186,7 +196,12 @@ def _fracture(ribs: np.ndarray, rib_mask: np.ndarray, f: Finding, rng: np.random
     ribs[k] = rib * ~(fragment | gap) + moved
     mfrag = ndimage.shift((m & fragment).astype(np.float32), shift, order=0) > 0.5
     rib_mask[k] = (m & ~(fragment | gap)) | mfrag
-    return radial < 6.0 / pix
+    if sev > 0:
+        # Healing fracture: callus, a fusiform cuff of new bone around the break (denser when older).
+        amp = (0.0, 0.8, 1.5)[sev] * float(np.percentile(rib[m], 90))
+        cuff = np.exp(-0.5 * ((along / (6.0 / pix)) ** 2 + (ndimage.distance_transform_edt(~m) / (2.5 / pix)) ** 2))
+        ribs[k] += (amp * cuff * (radial < 12.0 / pix)).astype(np.float32)
+    return radial < 7.0 / pix
 
 
 def _warp_coords(anatomy: Anatomy, S: int, pix: float, apex_row: float, rng: np.random.Generator) -> np.ndarray:
@@ -290,9 +305,10 @@ def render_case(spec: CaseSpec, atlas: Atlas, size: int) -> Rendered:
     for eff in effects:
         if eff.texture_factor is not None and eff.texture_side is not None:
             lung[eff.texture_side] *= eff.texture_factor
-    L_anatomy = (an.soft_factor * comps["soft"] + an.bone_density * (comps["bone"] + comps["ribs"].sum(0))
+    bone = BONE_ENERGY_FACTOR * an.bone_density
+    L_anatomy = (an.soft_factor * comps["soft"] + bone * (comps["bone"] + comps["ribs"].sum(0))
                  + comps["heart"] + comps["lung"].sum(0))
-    L = (an.soft_factor * comps["soft"] + an.bone_density * (comps["bone"] + ribs.sum(0)) + comps["heart"]
+    L = (an.soft_factor * comps["soft"] + bone * (comps["bone"] + ribs.sum(0)) + comps["heart"]
          + lung.sum(0) + L_extra)
     for eff in effects:
         L += eff.delta
