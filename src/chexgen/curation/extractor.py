@@ -59,6 +59,8 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
     "Enlarged Cardiomediastinum": _rx(
         r"\bmediastinal (?:widening|enlargement)\b", r"\bwidened (?:superior )?mediastinum\b",
         r"\bwidening of the (?:superior )?mediastinum\b", r"\benlarged cardiomediastin\w*\b",
+        r"\bprominen(?:ce|t) (?:of )?(?:the )?(?:superior )?mediastin(?:um|al contours?)\b",
+        r"\bmediastinal prominence\b",
     ),
     "Cardiomegaly": _rx(
         r"\bcardiomegaly\b", r"\bcardiac enlargement\b", r"\benlarged (?:heart|cardiac silhouette)\b",
@@ -79,6 +81,9 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
     "Edema": _rx(
         r"(?<!soft tissue )\b(?:o)?edema\b", r"\bvascular congestion\b", r"\bpulmonary congestion\b",
         r"\bheart failure\b", r"\bchf\b", r"\bfluid overload\b",
+        r"\b(?:pulmonary |central )?vascular (?:prominence|engorgement|redistribution|indistinctness)\b",
+        r"\bprominen(?:t|ce of the) (?:central |pulmonary )?vasculature\b", r"\bindistinct vascular margination\b",
+        r"\bengorged\b", r"\bpulmonary venous (?:hypertension|congestion)\b",
     ),
     "Consolidation": _rx(r"\bconsolidat(?:ion|ions|ive|ed)\b"),
     "Pneumonia": _rx(r"\b(?:broncho)?pneumonias?\b", r"\binfection\b", r"\binfectious (?:process|etiology)\b"),
