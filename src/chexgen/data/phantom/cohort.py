@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -87,12 +88,17 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     save_png(path, mask.astype(np.float32), bits=8)
 
 
+@lru_cache(maxsize=8)
+def _prevalence(spec: str):
+    return load_prevalence(spec)
+
+
 def make_record(cfg: CohortConfig, index: int, out: Path | None = None) -> tuple[Record, Any]:
     """Render case ``index`` and build its record; with ``out``, also write its image and masks."""
     from chexgen.curation.report_writer import TemplateReportWriter
 
     atlas = load_atlas(cfg.view, source=cfg.source, cache=cfg.cache)
-    spec = sample_case(cfg.seed, index, load_prevalence(cfg.prevalence), view=cfg.view)
+    spec = sample_case(cfg.seed, index, _prevalence(cfg.prevalence), view=cfg.view)
     r = render_case(spec, atlas, cfg.size)
     rid = case_id(index)
     image_rel = f"images/{rid}.png"

@@ -19,7 +19,7 @@ Effects (each applied to every projected component and mask identically):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -108,7 +108,3 @@ def sample_site(rng: np.random.Generator) -> tuple[Site, dict[str, float]]:
         "collimation": [float(site.collimation * rng.uniform(0, 2)) for _ in range(4)],
     }
     return site, jitter
-
-
-def as_dict(obj) -> dict:
-    return asdict(obj)
