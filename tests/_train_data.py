@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from chexgen.data.imageio import save_png
 
@@ -53,11 +55,18 @@ def save_tiny_vae(path: Path) -> Path:
     """A random 1-channel VAE with 8x downsampling and few channels (fast on CPU)."""
     from chexgen.models.vae import RadiographVAE, build_gray_autoencoder
 
-    import torch
-
     torch.manual_seed(0)
     RadiographVAE(build_gray_autoencoder((8, 16, 16, 16), 4, norm_num_groups=8)).save_pretrained(path)
     return path
 
 
 TINY_DIT = "{depth: 2, hidden_size: 64, num_heads: 2}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine run ~10x faster on one thread (no spinning on busy cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _train_data import make_dataset, save_tiny_vae
+from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
 from chexgen.cli import main
 from chexgen.data.manifest import read_manifest
 from chexgen.data.imageio import fit_square, load_gray

@@ -70,6 +70,7 @@ class LoopConfig:
     ema_decay: float = 0.9999
     gradient_checkpointing: bool = False
     num_workers: int = 0
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
     # bookkeeping
     checkpoint_every: int = 500  # optimisation steps; 0 = only at the end
     keep_checkpoints: int = 2  # newest N kept; 0 = keep all
@@ -289,6 +290,7 @@ def _validate(config: Any) -> None:
     need(config.mixed_precision in ("auto", "no", "fp16", "bf16"),
          f"mixed_precision must be auto|no|fp16|bf16, got {config.mixed_precision!r}")
     need(config.num_workers >= 0, "num_workers must be >= 0")
+    need(config.num_threads >= 0, "num_threads must be >= 0")
     if isinstance(config, TrainConfig):
         need(0.0 <= config.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {config.caption_dropout}")
         need(config.latent_sampling in ("sample", "mean"),
@@ -338,6 +340,8 @@ HELP: dict[str, str] = {
     "mixed_precision": "auto (bf16 on a capable GPU, fp32 on CPU) | no | bf16 | fp16",
     "ema_decay": "EMA decay of the exported weights (ramps up as (1+n)/(10+n))",
     "gradient_checkpointing": "recompute activations in backward to save memory",
+    "num_threads": "torch CPU threads (0 = torch's default = all cores; 1 is often fastest for tiny models or "
+                   "when other jobs share the cores)",
     "num_workers": "DataLoader worker processes (0 = load in the training process; best on few CPU cores)",
     "checkpoint_every": "write a checkpoint every N steps (0 = only at the end)",
     "keep_checkpoints": "keep only the newest N checkpoints (0 = all)",

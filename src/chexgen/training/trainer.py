@@ -168,6 +168,12 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    if device.type == "cpu":
+        # Adam's second moments of near-zero gradients (zero-initialised output layers) become
+        # denormal floats, which x86 CPUs process ~100x slower; flushing them to zero halves step time.
+        torch.set_flush_denormal(True)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
 
     # -- model, optimiser, schedule, EMA --------------------------------------------------
     model = task.model

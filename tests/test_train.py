@@ -1,0 +1,155 @@
+"""chexgen train: config layering, data order, overfitting, exact resume, stage-2 loading, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
+from chexgen.cli import main
+from chexgen.errors import ChexgenError
+from chexgen.training.config import TrainConfig, load_saved_config, resolve_config, save_config
+from chexgen.training.diffusion_task import DiffusionObjective, build_text_to_image_task
+from chexgen.training.trainer import EpochBatchSampler, train
+
+RES = 32
+TINY = {"depth": 2, "hidden_size": 64, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    manifest = make_dataset(root / "data", n=8, size=40)
+    vae_dir = save_tiny_vae(root / "vae")
+    cache = root / "cache"
+    assert main(["prepare", str(manifest), "--out", str(cache), "--vae", str(vae_dir), "--resolution", str(RES),
+                 "--num-workers", "0", "--no-progress"]) == 0
+    return manifest, vae_dir, cache
+
+
+def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), output_dir=str(out), transformer_overrides=TINY, batch_size=4, max_steps=4,
+                log_every=1, sample_prompts=[], export=False, progress=False, checkpoint_every=0,
+                lr_warmup_steps=0)
+    base.update(kw)
+    return resolve_config(TrainConfig, overrides=base)
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_layers_defaults_preset_file_cli(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("preset: tiny\nbatch_size: 7\nlearning_rate: 3e-4\nsample_prompts: [a, b]\n")
+    cfg = resolve_config(TrainConfig, file=f, overrides={"learning_rate": "2e-4", "max_steps": "12", "resume": "false"})
+    assert cfg.batch_size == 7  # file beats the preset's 32
+    assert cfg.learning_rate == 2e-4 and cfg.max_steps == 12 and cfg.resume is False  # CLI wins, coerced
+    assert cfg.lr_warmup_steps == 50  # from the tiny preset's training defaults
+    assert cfg.weight_decay == 0.01 and cfg.max_grad_norm == 1.0 and cfg.caption_dropout == 0.1  # paper defaults
+    toml = tmp_path / "run.toml"
+    toml.write_text('batch_size = 5\ntransformer_overrides = { depth = 3 }\n')
+    assert resolve_config(TrainConfig, file=toml).transformer_overrides == {"depth": 3}
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_saved_config(tmp_path / "saved.yaml") == cfg
+    with pytest.raises(ChexgenError, match="unknown config key 'learning_rat'"):
+        resolve_config(TrainConfig, overrides={"learning_rat": 1})
+    with pytest.raises(ChexgenError, match="expected an integer"):
+        resolve_config(TrainConfig, overrides={"batch_size": 2.5})
+
+
+def test_epoch_sampler_splits_ranks_and_resumes():
+    ranks = [EpochBatchSampler(10, 2, world_size=2, rank=r, seed=3) for r in range(2)]
+    epoch = [list(s) for s in ranks]
+    assert len(epoch[0]) == len(epoch[1]) == 2  # 10 // (2*2) global batches; remainder dropped
+    flat = [i for r in epoch for b in r for i in b]
+    assert len(flat) == len(set(flat)) == 8
+    ranks[0].set_position(0, 1)
+    assert list(ranks[0]) == epoch[0][1:]
+    ranks[0].set_position(1, 0)
+    assert list(ranks[0]) != epoch[0]  # a new permutation each epoch
+
+
+# ----------------------------------------------------------------------------- training
+def _fixed_loss(model, batch) -> float:
+    objective = DiffusionObjective(caption_dropout=0.0, latent_sampling="mean")
+    model.eval()
+    with torch.no_grad():
+        return sum(float(objective(model, batch, torch.Generator().manual_seed(s))["mse"]) for s in range(8)) / 8
+
+
+def test_loss_falls_when_overfitting_8_images(prepared, tmp_path):
+    _, _, cache = prepared
+    cfg = _cfg(tmp_path / "run", cache, batch_size=8, max_steps=30, learning_rate=2e-3, caption_dropout=0.0,
+               latent_sampling="mean", log_every=10)
+    task = build_text_to_image_task(cfg)
+    batch = task.collate_fn([task.dataset[i] for i in range(len(task.dataset))])
+    before = _fixed_loss(task.model, batch)
+    result = train(task)
+    after = _fixed_loss(task.model, batch)
+    assert result.step == 30 and result.stopped_by == "max_steps"
+    assert before > 0.8  # a fresh DiT predicts zero noise: MSE ~ 1
+    assert after < 0.5 * before, (before, after)
+    # TensorBoard got the loss curve
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "logs")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [10, 20, 30]
+
+
+def test_interrupted_run_resumes_to_identical_weights_and_exports(prepared, tmp_path):
+    _, _, cache = prepared
+    # 8 records, batch 4: the interruption at step 3 is mid-epoch
+    straight = train(build_text_to_image_task(_cfg(tmp_path / "a", cache, max_steps=5)))
+    first = train(build_text_to_image_task(_cfg(tmp_path / "b", cache, max_steps=3)))
+    assert first.step == 3
+    resumed = train(build_text_to_image_task(_cfg(tmp_path / "b", cache, max_steps=5, export=True)))
+    assert straight.step == resumed.step == 5
+    for name in ("model", "ema"):
+        a = load_file(str(straight.final_checkpoint / f"{name}.safetensors"))
+        b = load_file(str(resumed.final_checkpoint / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}:{k}")
+    state = json.loads((resumed.final_checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 5 and (resumed.final_checkpoint / "config.yaml").is_file()
+
+    # the exported folder is a pipeline that loads and generates, with the EMA weights
+    from chexgen.pipeline import ChexGenPipeline
+
+    pipe = ChexGenPipeline.from_pretrained(resumed.export_dir)
+    ema = load_file(str(resumed.final_checkpoint / "ema.safetensors"))
+    torch.testing.assert_close(pipe.transformer.null_caption.data, ema["shadow.null_caption"])
+    out = pipe(["Large right pleural effusion."], num_inference_steps=2, progress=False)
+    assert out.images.shape == (1, 1, RES, RES)
+
+
+def test_wall_clock_budget_stops_and_checkpoints(prepared, tmp_path):
+    _, _, cache = prepared
+    result = train(build_text_to_image_task(_cfg(tmp_path / "run", cache, max_steps=10_000, max_minutes=0.001)))
+    assert result.stopped_by == "max_minutes" and 1 <= result.step < 10_000
+    assert result.final_checkpoint is not None and result.final_checkpoint.is_dir()
+
+
+def test_stage2_at_another_resolution_on_the_fly(prepared, tmp_path):
+    manifest, vae_dir, cache = prepared
+    stage1 = train(build_text_to_image_task(_cfg(tmp_path / "s1", cache, max_steps=1)))
+    s1 = load_file(str(stage1.final_checkpoint / "model.safetensors"))
+    common = dict(init_from=str(stage1.final_checkpoint), encode_on_the_fly=True, vae=str(vae_dir), resolution=64)
+
+    task = build_text_to_image_task(_cfg(tmp_path / "s2", manifest, **common))
+    assert task.model.config.sample_size == 8
+    own = task.model.state_dict()
+    for k, v in s1.items():  # every trained tensor carried over, null caption included
+        assert torch.equal(own[k], v), k
+    from chexgen.models.dit import ChexGenDiT
+
+    fresh = ChexGenDiT.from_preset("tiny", sample_size=8, **TINY)
+    pe = task.model.backbone.pos_embed.pos_embed
+    assert pe.shape[1] == 16 and torch.equal(pe, fresh.backbone.pos_embed.pos_embed)  # recomputed for 4x4 patches
+
+    task = build_text_to_image_task(_cfg(tmp_path / "s2b", manifest, reinit_null_caption=True, **common))
+    assert not torch.equal(task.model.null_caption.data, s1["null_caption"])
+    result = train(task)  # and it trains at 64 px, encoding batches on the fly
+    assert result.step == 4 and torch.isfinite(torch.tensor(result.last_logs["loss"]))
