@@ -263,17 +263,30 @@ def _sentence_is_normal(sentence: str) -> bool:
     return bool(_NORMAL.search(sentence))
 
 
+@lru_cache(maxsize=200_000)
+def _line_statements(line: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """Mentions (label, value) and whether a normal statement occurs, for one line of a report."""
+    mentions: list[tuple[str, int]] = []
+    normal = False
+    for sentence in split_sentences(line):
+        mentions.extend((label, value) for label, value, _, _ in _sentence_mentions(sentence))
+        normal = normal or _sentence_is_normal(sentence)
+    return tuple(mentions), normal
+
+
 def extract_labels(text: str) -> dict[str, int | None]:
     """Read a report back into the 14 labels (1 / 0 / -1 / None = not stated), in ``LABELS`` order."""
     out: dict[str, int | None] = {name: None for name in LABELS}
     normal = False
-    for sentence in split_sentences(text):
-        for label, value, _, _ in _sentence_mentions(sentence):
+    # Lines (sections) repeat across reports far more than whole reports do: cache per line.
+    for line in text.split("\n"):
+        mentions, line_normal = _line_statements(line)
+        normal = normal or line_normal
+        for label, value in mentions:
             cur = out[label]
             # Aggregation: positive > uncertain > negative.
             if cur is None or value == 1 or (value == -1 and cur == 0):
                 out[label] = value
-        normal = normal or _sentence_is_normal(sentence)
     if any(out[p] in (1, -1) for p in PATHOLOGIES):
         out["No Finding"] = 0
     elif normal:

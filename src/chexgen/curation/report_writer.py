@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 import re
+from functools import lru_cache
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -290,11 +291,14 @@ _OTHER_PHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _phrase_statements(phrase: str) -> tuple[tuple[str, int], ...]:
+    return tuple((n, v) for n, v in extract_labels(phrase).items() if v is not None and n != "No Finding")
+
+
 def _phrase_agrees(phrase: str, labels: dict[str, int | None]) -> bool:
     """Whether a free phrase (an outside-the-14 finding) states nothing the 14 labels contradict."""
-    for name, stated in extract_labels(phrase).items():
-        if stated is None or name == "No Finding":
-            continue
+    for name, stated in _phrase_statements(phrase):
         held = labels.get(name)
         if not (stated == held or (stated == 0 and held == 0)):
             return False
@@ -351,6 +355,7 @@ def _kind_word(label: str, det: FindingDetail | None) -> str:
     return kind.replace("_", " ")
 
 
+@lru_cache(maxsize=65536)
 def _fill(template: str, label: str, det: FindingDetail | None) -> str:
     sev = ""
     if det is not None and det.severity:
