@@ -11,6 +11,7 @@ from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
 from chexgen.evaluation import (
+    DiversityMetric,
     FIDMetric,
     best_box_iou,
     bootstrap_ci,
@@ -143,6 +144,10 @@ def test_ms_ssim_matches_pytorch_msssim_and_diversity_groups():
         assert div.per_group_ssim[g] == pytest.approx(ref_s, abs=1e-6)
     assert div.ms_ssim == pytest.approx(np.mean(list(div.per_group_ms_ssim.values())))
     assert div.n_groups == 2 and div.n_pairs == 4
+    acc = DiversityMetric()
+    acc.update(x[:2], groups[:2])
+    acc.update(x[2:], groups[2:])  # pairs that span batches still count
+    assert acc.aggregate().per_group_ssim == pytest.approx(div.per_group_ssim)
     # identical seeds = no diversity
     same = compute_diversity(x[[0, 0]], ["a", "a"])
     assert same.ssim == pytest.approx(1.0, abs=1e-5)

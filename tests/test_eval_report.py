@@ -137,3 +137,25 @@ def test_cli_with_a_torchscript_classifier(cohort, tmp_path, capsys):
     assert main(["evaluate", "--real", str(cohort / "nope.jsonl"), "--synthetic", str(cohort / "syn.jsonl"),
                  "--out", str(out)]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(cohort, tmp_path):
+    """Open the report in a real browser: the metric table and every inlined image must render."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_html.py"
+    spec = importlib.util.spec_from_file_location("check_report_html", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    browser = mod.find_browser(None)
+    if browser is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    torch.manual_seed(0)
+    ex = ClassifierExtractor(TinyClassifier(), input_size=64, name="tiny")
+    cfg = EvaluationConfig(bootstrap=10, distribution_bootstrap=5, analysis_size=64, kid_subsets=3, progress=False)
+    evaluate_manifests(cohort / "real.jsonl", cohort / "syn.jsonl", tmp_path, ex, cfg)
+    seen = mod.probe_report(tmp_path / "report.html", browser)
+    assert mod.check(seen, ("fid", "pearson", "memorised_fraction"), min_images=3) == []
+    assert seen["images_decoded"] == seen["images"] >= 3

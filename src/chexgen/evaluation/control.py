@@ -133,9 +133,10 @@ def segment_images(
         y = segmenter(x[i : i + batch_size])
         if isinstance(y, dict):
             y = y.get("masks", y.get("out"))
-        y = torch.as_tensor(y).float()
-        if y.ndim == 4:
-            y = y[:, 0]
-        sig = apply_sigmoid if apply_sigmoid is not None else bool(y.min() < 0 or y.max() > 1)
-        outs.append(torch.sigmoid(y) if sig else y)
-    return torch.cat(outs).cpu().numpy() if outs else np.zeros((0,) + tuple(x.shape[-2:]))
+        y = torch.as_tensor(y).float().cpu()
+        outs.append(y[:, 0] if y.ndim == 4 else y)
+    if not outs:
+        return np.zeros((0,) + tuple(x.shape[-2:]))
+    y = torch.cat(outs)
+    sig = apply_sigmoid if apply_sigmoid is not None else bool(y.min() < 0 or y.max() > 1)
+    return (torch.sigmoid(y) if sig else y).numpy()

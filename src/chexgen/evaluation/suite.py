@@ -87,7 +87,8 @@ def _order_real(real: list[Record], syn: list[Record], limit: int | None) -> lis
         return real
     matched = [i for i in match_to_real(real, syn) if i is not None]
     first = list(dict.fromkeys(matched))[:limit]
-    rest = [i for i in range(len(real)) if i not in set(first)]
+    taken = set(first)
+    rest = [i for i in range(len(real)) if i not in taken]
     return [real[i] for i in (first + rest)[:limit]]
 
 
@@ -321,6 +322,9 @@ def _control(syn: LoadedSet, segmenter: Callable, cfg: EvaluationConfig, warning
         warnings.append("a segmenter was given but no synthetic record carries masks or boxes")
         return None
     pred = segment_images(segmenter, _images_t(syn, idx), batch_size=cfg.batch_size)
+    if pred.shape[-2:] != (s, s):  # a segmenter working at its own resolution
+        pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[:, None], size=(s, s), mode="bilinear",
+                                               align_corners=False)[:, 0].numpy()
     res = compute_mask_adherence(pred, np.stack(conds))
     d = np.array(res.per_image_dice)
     iou = np.array(res.per_image_iou)
