@@ -30,11 +30,26 @@ class FakeRadiologist:
 
     def __init__(self):
         self.requests: list[dict] = []
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
         self.fail_codes: list[int] = []  # answered (in order) before any real answer
         self.sloppy_first_attempt = False  # drop uncertain findings unless the prompt says "(attempt"
 
     def answer(self, payload: dict) -> tuple[int, dict]:
-        self.requests.append(payload)
+        with self._lock:
+            self.requests.append(payload)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            return self._answer(payload)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, payload: dict) -> tuple[int, dict]:
         if self.fail_codes:
             return self.fail_codes.pop(0), {"error": "busy"}
         system, user = payload["messages"][0]["content"], payload["messages"][-1]["content"]
@@ -148,6 +163,16 @@ def test_rule_check_decides_and_failed_llm_reports_are_rewritten_with_feedback(s
     assert out[0].extra["qc"]["attempts"] == 2 and out[0].extra["qc"]["llm"]["consistent"] is True
     retry_prompt = [p for p in brain.requests if "(attempt 2)" in p["messages"][-1]["content"]][0]
     assert "Pneumonia: metadata uncertain, report not stated" in retry_prompt["messages"][-1]["content"]
+
+
+def test_curation_batches_llm_requests(server, tmp_path):
+    brain, url = server
+    brain.delay = 0.05
+    writer = LLMReportWriter(LLMClient(url, "fake", workers=4), fix_pass=False)
+    recs = [Record(id=f"b{i}", labels={"Edema": 1, "No Finding": 0}) for i in range(8)]
+    out, rejects, stats = curate_records(recs, writer)
+    assert len(out) == 8 and stats.passed_first == 8 and not rejects
+    assert brain.max_in_flight >= 2 and len(brain.requests) == 8
 
 
 def test_missing_configuration_is_a_clear_error(monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from chexgen.curation.llm_client import LLMClient
@@ -177,6 +178,31 @@ class LLMReportWriter(ReportWriter):
                 except ChexgenError:
                     pass  # keep the draft; the rule check decides
         return report
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, 4 * self.client.workers)
+
+    def write_batch(self, records: list[Record]) -> list[Report | ChexgenError]:
+        """First-attempt reports for many records, ``client.workers`` requests in flight (errors returned)."""
+        def safe(record: Record) -> Report | ChexgenError:
+            try:
+                return self.write(record)
+            except ChexgenError as e:
+                return e
+
+        if self.client.workers <= 1 or len(records) <= 1:
+            return [safe(r) for r in records]
+        with ThreadPoolExecutor(max_workers=self.client.workers) as pool:
+            return list(pool.map(safe, records))
+
+    def write_many(self, records) -> list[Report]:
+        out = []
+        for r in self.write_batch(list(records)):
+            if isinstance(r, ChexgenError):
+                raise r
+            out.append(r)
+        return out
 
     def check(self, record: Record, report_text: str) -> dict[str, Any]:
         """The LLM QC verdict on a report: ``{"consistent": bool | None, "issues": [...]}``."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from chexgen.curation.qc import QCResult, check_report
-from chexgen.curation.report_writer import ReportWriter
+from chexgen.curation.report_writer import Report, ReportWriter
 from chexgen.data.manifest import Record
 from chexgen.data.sources._common import Reject
 from chexgen.errors import ChexgenError
@@ -73,6 +73,11 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
         from tqdm import tqdm
 
         iterator = tqdm(records, total=total, desc="curate", unit="rec", mininterval=1.0)
+    prefetched: dict[int, object] = {}
+    batch = getattr(writer, "write_batch", None)
+    if batch is not None:
+        # Writers that batch (the LLM writer) get whole chunks for their first attempt.
+        iterator = _prefetching(iterator, batch, prefetched, rewrite_source_reports, getattr(writer, "batch_size", 64))
     for record in iterator:
         if record.report and not rewrite_source_reports:
             stats.source_reports += 1
@@ -90,7 +95,10 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
         attempt = 0
         try:
             for attempt, w in enumerate(writers):
-                report = w.write(record)
+                first = prefetched.pop(id(record), None) if attempt == 0 else None
+                if isinstance(first, ChexgenError):
+                    raise first
+                report = first if isinstance(first, Report) else w.write(record)
                 qc = check_report(record.labels, report.text)
                 if qc.passed:
                     break
@@ -122,3 +130,22 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
             rejects.append(Reject(record.dataset or "?", "<qc>", stats.written,
                                   "report disagrees with metadata: " + qc.summary(), record.id))
     return out, rejects, stats
+
+
+def _prefetching(records: Iterable[Record], batch: Callable[[list[Record]], list], store: dict[int, object],
+                 keep_source: bool, size: int) -> Iterator[Record]:
+    """Yield records unchanged, filling ``store`` with first-attempt reports chunk by chunk."""
+    chunk: list[Record] = []
+
+    def flush() -> Iterator[Record]:
+        todo = [r for r in chunk if not (r.report and not keep_source)]
+        for r, result in zip(todo, batch(todo) if todo else []):
+            store[id(r)] = result
+        yield from chunk
+        chunk.clear()
+
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield from flush()
+    yield from flush()

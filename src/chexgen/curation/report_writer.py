@@ -213,6 +213,8 @@ _BILATERAL: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("{sev} bilateral pneumothoraces.", "There are {sev} bilateral pneumothoraces."),
 }
 
+_APICAL_CAP = ("{sev} {side_adj} apical pleural cap.", "There is a {sev} {side_adj} apical pleural cap.")
+
 _UNCERTAIN: dict[str, tuple[str, ...]] = {
     "Enlarged Cardiomediastinum": ("Possible mediastinal widening.", "Mediastinal widening cannot be excluded."),
     "Cardiomegaly": ("Possible mild cardiomegaly.", "Borderline enlargement of the cardiac silhouette.",
@@ -436,6 +438,8 @@ class TemplateReportWriter(ReportWriter):
                 opts = _UNCERTAIN[label]
             elif det is not None and det.side == "bilateral" and label in _BILATERAL:
                 opts = _BILATERAL[label]
+            elif det is not None and label == "Pleural Other" and det.kind == "apical_cap":
+                opts = _APICAL_CAP
             else:
                 opts = _POSITIVE[label]
             out.append(_fill(_pick(rng, opts), label, det))
@@ -455,6 +459,8 @@ class TemplateReportWriter(ReportWriter):
                 template = _UNCERTAIN[label][0]
             elif det is not None and det.side == "bilateral" and label in _BILATERAL:
                 template = _BILATERAL[label][0]
+            elif det is not None and label == "Pleural Other" and det.kind == "apical_cap":
+                template = _APICAL_CAP[0]
             else:
                 template = _POSITIVE[label][0]
             out.append(_fill(template, label, det))
