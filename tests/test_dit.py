@@ -87,6 +87,14 @@ def test_set_resolution_rebuilds_pos_embed_and_round_trips(tmp_path):
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
 
 
+def test_reset_null_caption_redraws_with_the_init_scale():
+    m = ChexGenDiT(**KW)
+    before = m.null_caption.detach().clone()
+    m.reset_null_caption(torch.Generator().manual_seed(3))
+    assert not torch.equal(before, m.null_caption) and m.null_caption.shape == before.shape
+    assert 0.1 < float(m.null_caption.detach().std() * 16**0.5) < 3.0
+
+
 def test_backbone_keeps_diffusers_parameter_names():
     names = dict(ChexGenDiT(**KW).named_parameters())
     for key in ("null_caption", "backbone.adaln_single.linear.weight", "backbone.caption_projection.linear_1.weight",

@@ -185,11 +185,10 @@ def run(args: argparse.Namespace) -> int:
     sampler = args.sampler or pipe.config.default_sampler
     steps = args.steps or pipe.config.num_inference_steps or get_sampler_spec(sampler).default_steps
     guidance = pipe.config.guidance_scale if args.guidance is None else args.guidance
-    pipe.text_encoder  # load now: a broken text-encoder reference fails before anything is written
-
     state = PartialState(cpu=_use_cpu(args.device))
     device = args.device or str(state.device)
     pipe.to(device)
+    pipe.text_encoder  # load now (bf16 T5 on GPU): a broken reference fails before anything is written
     settings = GenerationSettings(
         model=model_name,
         checkpoint_sha256=pipe.checkpoint_sha256(),

@@ -170,6 +170,12 @@ class ChexGenDiT(ModelMixin, ConfigMixin):
             mask = torch.ones(batch, self.config.max_text_len, dtype=torch.long, device=emb.device)
         return emb, mask
 
+    def reset_null_caption(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw the learned null caption (the paper re-initialises it when the resolution changes)."""
+        with torch.no_grad():
+            fresh = torch.randn(self.null_caption.shape, generator=generator) / self.config.caption_channels**0.5
+            self.null_caption.copy_(fresh.to(self.null_caption))
+
     def set_resolution(self, sample_size: int, interpolation_scale: float | None = None) -> None:
         """Rebuild the fixed 2-D sin-cos pos-embed for latents of ``sample_size`` (e.g. 32 -> 64).
 
