@@ -159,3 +159,21 @@ def test_report_renders_in_headless_chromium(cohort, tmp_path):
     seen = mod.probe_report(tmp_path / "report.html", browser)
     assert mod.check(seen, ("fid", "pearson", "memorised_fraction"), min_images=3) == []
     assert seen["images_decoded"] == seen["images"] >= 3
+
+
+def test_in_memory_sets_for_library_callers():
+    """The demo path: images already in memory, evaluated without touching files."""
+    from chexgen.evaluation import evaluate_sets, set_from_arrays
+
+    torch.manual_seed(0)
+    ex = ClassifierExtractor(TinyClassifier(), input_size=64)
+    cfg = EvaluationConfig(bootstrap=5, distribution_bootstrap=3, analysis_size=64, kid_subsets=2, tsne=False,
+                           progress=False)
+    real_recs = [Record(id=f"r{i}", impression=f"case {i}", labels={"Edema": i % 2}) for i in range(6)]
+    syn_recs = [Record(id=f"s{i}", synthetic=True, extra={"source_id": f"r{i // 2}"}) for i in range(6)]
+    real = set_from_arrays(real_recs, [_image(i, i % 2 == 0) for i in range(6)], ex, cfg, "real")
+    syn = set_from_arrays(syn_recs, [_image(100 + i, (i // 2) % 2 == 0) for i in range(6)], ex, cfg, "syn")
+    res, figs = evaluate_sets(real, syn, cfg)
+    assert res["inputs"]["n_matched"] == 6 and res["diversity"]["n_groups"] == 3
+    assert np.isfinite(res["metrics"]["fid"]["value"]) and res["memorisation"]["n_flagged"] == 0
+    assert any(f.section == "Memorisation" for f in figs)

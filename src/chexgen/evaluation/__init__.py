@@ -43,7 +43,7 @@ _EXPORTS = {
     # plots / report / suite
     "compute_tsne": "plots", "tsne_plot_png": "plots", "grid_png": "plots",
     "Figure": "report", "render_html": "report", "write_report": "report",
-    "EvaluationConfig": "suite", "LoadedSet": "suite", "load_set": "suite", "evaluate_sets": "suite",
+    "EvaluationConfig": "suite", "LoadedSet": "suite", "load_set": "suite", "set_from_arrays": "suite", "evaluate_sets": "suite",
     "evaluate_manifests": "suite",
 }
 

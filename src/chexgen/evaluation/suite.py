@@ -44,7 +44,7 @@ from chexgen.evaluation.stats import bootstrap_ci, bootstrap_two_sample_ci, pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationConfig", "LoadedSet", "load_set", "evaluate_sets", "evaluate_manifests"]
+__all__ = ["EvaluationConfig", "LoadedSet", "load_set", "set_from_arrays", "evaluate_sets", "evaluate_manifests"]
 
 
 @dataclass
@@ -119,6 +119,27 @@ def load_set(
                              progress=cfg.progress, desc=f"{name} features")
     return LoadedSet(name=name, records=list(records), features=feats, images=np.stack(small), shapes=shapes,
                      root=root)
+
+
+def set_from_arrays(
+    records: Sequence[Record],
+    images: Sequence[np.ndarray] | np.ndarray,
+    extractor: FeatureExtractor,
+    cfg: EvaluationConfig,
+    name: str = "in-memory",
+) -> LoadedSet:
+    """A :class:`LoadedSet` from images already in memory ((H, W) arrays in [0,1], one per record).
+
+    For callers that hold generated images (e.g. the demo) and do not want to round-trip through files.
+    """
+    if len(records) != len(images):
+        raise ValueError(f"{len(records)} records for {len(images)} images")
+    arrays = [np.asarray(im, np.float32).reshape(np.shape(im)[-2:]) for im in images]
+    feats = extract_features(extractor, [fit_square(a, extractor.input_size, "crop") for a in arrays],
+                             batch_size=cfg.batch_size, progress=cfg.progress, desc=f"{name} features")
+    small = np.stack([fit_square(a, cfg.analysis_size, "crop").astype(np.float16) for a in arrays])
+    return LoadedSet(name=name, records=list(records), features=feats, images=small,
+                     shapes=[a.shape for a in arrays])
 
 
 class _Sized:
