@@ -188,3 +188,19 @@ def test_downstream_sets(tmp_path):
     m = load_medfmc(tmp_path)
     assert m.records[0].labels["Lung Lesion"] == 1 and m.records[0].extra["other_findings"] == ["tuberculosis"]
     assert m.records[1].labels["No Finding"] == 1 and m.rejects[0].row == 3
+
+
+def test_curate_command_on_mimic_with_stage2_selection(mimic, tmp_path, capsys):
+    from chexgen.cli import main
+    from chexgen.data.manifest import read_manifest
+
+    cxr, iv = mimic
+    out = tmp_path / "stage2.jsonl"
+    rc = main(["curate", "--source", f"mimic={cxr}", "--mimic-iv", str(iv), "--select", "stage2-train",
+               "--out", str(out), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert rc == 1  # the bad StudyDate row is rejected
+    recs = read_manifest(out)
+    assert [r.id for r in recs] == ["mimic/d1"]  # PA, p10, real impression under 120 MiniLM tokens
+    assert recs[0].report.startswith("FINDINGS: Small left pleural effusion") and recs[0].extra["qc"]["writer"] == "source"
+    assert "view is PA" in printed and "impression < 120 tokens" in printed
