@@ -54,14 +54,14 @@ def tsne_plot_png(
     emb = np.asarray(embedding)
     syn = np.asarray(is_synthetic, bool)
     names = sorted(set(findings))
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(7, 5.5), dpi=100)
     for ci, name in enumerate(names):
         sel = np.array([f == name for f in findings])
         for flag, marker, tag in ((False, "o", "real"), (True, "x", "synthetic")):
             m = sel & (syn == flag)
             if m.any():
-                ax.scatter(emb[m, 0], emb[m, 1], s=18, marker=marker, color=cmap(ci % 20),
+                ax.scatter(emb[m, 0], emb[m, 1], s=18, marker=marker, color=cmap(ci % cmap.N),
                            label=f"{name} ({tag})", alpha=0.8, linewidths=1.0)
     ax.set_title(title)
     ax.set_xticks([])
