@@ -37,6 +37,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from chexgen.curation import _phrases as P
 from chexgen.curation.extractor import extract_labels
 from chexgen.data.labels import LABELS, normalize_label_name
 from chexgen.data.manifest import Record
@@ -130,169 +131,6 @@ def finding_details(record: Record) -> dict[str, list[FindingDetail]]:
     return out
 
 
-# ---------------------------------------------------------------------------
-# Phrase bank. Each positive template gets {sev} (severity word, may be ""),
-# {loc_adj} (e.g. "right lower zone", may be "") and {loc} (e.g. " in the
-# right lower zone", may be ""). Double spaces are squeezed afterwards.
-# ---------------------------------------------------------------------------
-
-_SEV_WORDS: dict[str, dict[str, str]] = {
-    "default": {"small": "small", "moderate": "moderate", "large": "large"},
-    "Cardiomegaly": {"small": "mild", "moderate": "moderate", "large": "marked"},
-    "Enlarged Cardiomediastinum": {"small": "mild", "moderate": "moderate", "large": "marked"},
-    "Edema": {"small": "mild", "moderate": "moderate", "large": "severe"},
-    "Atelectasis": {"small": "mild", "moderate": "moderate", "large": "extensive"},
-    "Pleural Other": {"small": "mild", "moderate": "moderate", "large": "extensive"},
-    "Consolidation": {"small": "small", "moderate": "moderate", "large": "extensive"},
-}
-
-_POSITIVE: dict[str, tuple[str, ...]] = {
-    "Enlarged Cardiomediastinum": (
-        "{sev} widening of the mediastinum.",
-        "The cardiomediastinal silhouette is {sev_adv} enlarged.",
-        "{sev} mediastinal widening.",
-    ),
-    "Cardiomegaly": (
-        "{sev} cardiomegaly.",
-        "The heart is {sev_adv} enlarged.",
-        "{sev} enlargement of the cardiac silhouette.",
-    ),
-    "Lung Opacity": (
-        "{sev} {loc_adj} airspace opacity.",
-        "{sev} patchy opacity{loc}.",
-        "There is a {sev} area of increased opacity{loc}.",
-    ),
-    "Lung Lesion": (
-        "{sev} {loc_adj} {kind}.",
-        "A {sev} {kind} is seen{loc}.",
-        "There is a {sev} {kind}{loc}.",
-    ),
-    "Edema": (
-        "{sev} pulmonary edema.",
-        "{sev} interstitial pulmonary edema.",
-        "Findings of {sev} pulmonary edema.",
-    ),
-    "Consolidation": (
-        "{sev} {loc_adj} consolidation.",
-        "{sev} airspace consolidation{loc}.",
-        "There is {sev} consolidation{loc}.",
-    ),
-    "Pneumonia": (
-        "Findings consistent with {loc_adj} pneumonia.",
-        "Appearances are compatible with {loc_adj} pneumonia.",
-        "{loc_adj} pneumonia.",
-    ),
-    "Atelectasis": (
-        "{sev} {loc_adj} atelectasis.",
-        "{sev} atelectasis{loc}.",
-        "There is {sev} atelectasis{loc}.",
-    ),
-    "Pneumothorax": (
-        "{sev} {side_adj} pneumothorax.",
-        "There is a {sev} {side_adj} pneumothorax.",
-        "{sev} pneumothorax{side_loc}.",
-    ),
-    "Pleural Effusion": (
-        "{sev} {side_adj} pleural effusion.",
-        "There is a {sev} {side_adj} pleural effusion.",
-        "{sev} pleural effusion{side_loc}.",
-    ),
-    "Pleural Other": (
-        "{sev} {side_adj} pleural thickening.",
-        "There is {sev} pleural thickening{side_loc}.",
-    ),
-    "Fracture": (
-        "{side_sided} {kind}.",
-        "A {side_sided} {kind} is present.",
-    ),
-}
-
-# Plural forms used when one label has a "bilateral" side.
-_BILATERAL: dict[str, tuple[str, ...]] = {
-    "Pleural Effusion": ("{sev} bilateral pleural effusions.", "There are {sev} bilateral pleural effusions."),
-    "Pneumothorax": ("{sev} bilateral pneumothoraces.", "There are {sev} bilateral pneumothoraces."),
-}
-
-_APICAL_CAP = ("{sev} {side_adj} apical pleural cap.", "There is a {sev} {side_adj} apical pleural cap.")
-
-_UNCERTAIN: dict[str, tuple[str, ...]] = {
-    "Enlarged Cardiomediastinum": ("Possible mediastinal widening.", "Mediastinal widening cannot be excluded."),
-    "Cardiomegaly": ("Possible mild cardiomegaly.", "Borderline enlargement of the cardiac silhouette.",
-                     "Cardiomegaly cannot be excluded."),
-    "Lung Opacity": ("Possible {loc_adj} opacity.", "Questionable opacity{loc}."),
-    "Lung Lesion": ("Possible {loc_adj} {kind}.", "A {kind}{loc} cannot be excluded."),
-    "Edema": ("Possible mild pulmonary edema.", "Pulmonary edema cannot be excluded."),
-    "Consolidation": ("Possible {loc_adj} consolidation.", "Consolidation{loc} cannot be excluded."),
-    "Pneumonia": ("Possible {loc_adj} pneumonia.", "Pneumonia cannot be excluded.",
-                  "Findings may represent {loc_adj} pneumonia."),
-    "Atelectasis": ("Possible {loc_adj} atelectasis.", "Findings may represent atelectasis{loc}."),
-    "Pneumothorax": ("Possible {sev} {side_adj} pneumothorax.", "A {side_adj} pneumothorax cannot be excluded."),
-    "Pleural Effusion": ("Possible {sev} {side_adj} pleural effusion.",
-                         "A {side_adj} pleural effusion cannot be excluded."),
-    "Pleural Other": ("Possible {side_adj} pleural thickening.",),
-    "Fracture": ("Possible {side_sided} {kind}.", "A {side_sided} {kind} cannot be excluded."),
-    "Support Devices": ("Possible overlying support device.",),
-}
-
-_DEVICES: dict[str, tuple[str, ...]] = {
-    "et_tube": ("Endotracheal tube in place.", "An endotracheal tube is present."),
-    "endotracheal_tube": ("Endotracheal tube in place.", "An endotracheal tube is present."),
-    "central_line": ("{side_sided} central venous catheter in place.", "A {side_sided} central line is present."),
-    "picc": ("{side_sided} PICC line in place.",),
-    "pacemaker": ("{side_sided} cardiac pacemaker with leads in place.", "A {side_sided} pacemaker is present."),
-    "ng_tube": ("Nasogastric tube in place.", "An enteric tube is present."),
-    "tracheostomy": ("Tracheostomy tube in place.",),
-    "chest_tube": ("{side_sided} chest tube in place.",),
-    "swan_ganz": ("Pulmonary artery catheter in place.",),
-    None: ("Support devices are in place.", "Lines and tubes are present.", "Medical devices are present."),
-}
-
-# Pertinent negatives by anatomical group; each entry: (labels that must all be 0, phrasings).
-_NEGATIVE_SINGLE: dict[str, tuple[str, ...]] = {
-    "Pneumothorax": ("pneumothorax",),
-    "Pleural Effusion": ("pleural effusion", "effusion"),
-    "Consolidation": ("focal consolidation", "consolidation"),
-    "Edema": ("pulmonary edema",),
-    "Pneumonia": ("pneumonia",),
-    "Lung Opacity": ("focal opacity",),
-    "Lung Lesion": ("suspicious pulmonary nodule", "pulmonary nodule"),
-    "Atelectasis": ("atelectasis",),
-    "Pleural Other": ("pleural thickening",),
-    "Fracture": ("acute fracture", "displaced rib fracture"),
-    "Enlarged Cardiomediastinum": ("mediastinal widening",),
-}
-_LUNG_LABELS = ("Lung Opacity", "Consolidation", "Edema", "Pneumonia", "Atelectasis", "Lung Lesion")
-_LUNGS_CLEAR = ("The lungs are clear.", "Both lungs are clear.", "The lungs are clear bilaterally.")
-_HEART_NORMAL = ("Heart size is normal.", "Normal heart size.", "The heart is not enlarged.")
-_SILHOUETTE_NORMAL = ("The cardiomediastinal silhouette is within normal limits.",
-                      "Normal cardiomediastinal silhouette.",
-                      "The cardiomediastinal silhouette is unremarkable.")
-_NORMAL_IMPRESSION = ("No acute cardiopulmonary abnormality.", "No acute cardiopulmonary process.",
-                      "Normal chest radiograph.", "No acute cardiopulmonary disease.")
-
-# Core negatives that radiologists state almost always; the rest only sometimes.
-_CORE_NEGATIVES = ("Pneumothorax", "Pleural Effusion", "Consolidation")
-_OPTIONAL_NEG_P = {"Edema": 0.5, "Pneumonia": 0.15, "Lung Opacity": 0.2, "Lung Lesion": 0.2,
-                   "Atelectasis": 0.1, "Pleural Other": 0.1, "Fracture": 0.35,
-                   "Enlarged Cardiomediastinum": 0.3}
-
-_LUNG_GROUP = ("Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Edema", "Lung Lesion")
-_PLEURA_GROUP = ("Pleural Effusion", "Pneumothorax", "Pleural Other")
-_HEART_GROUP = ("Cardiomegaly", "Enlarged Cardiomediastinum")
-
-_OTHER_PHRASES: dict[str, tuple[str, ...]] = {
-    "emphysema": ("Hyperinflated lungs with emphysematous changes.", "Emphysema."),
-    "fibrosis": ("Interstitial fibrotic changes.", "Pulmonary fibrosis."),
-    "hernia": ("Hiatal hernia.",),
-    "hiatal hernia": ("Hiatal hernia.",),
-    "scoliosis": ("Scoliosis of the thoracic spine.", "Thoracic scoliosis."),
-    "aortic elongation": ("Elongation of the thoracic aorta.", "Unfolded thoracic aorta."),
-    "calcified granuloma": ("Calcified granuloma.",),
-    "granuloma": ("Calcified granuloma.",),
-    "kyphosis": ("Thoracic kyphosis.",),
-}
-
-
 @lru_cache(maxsize=4096)
 def _phrase_statements(phrase: str) -> tuple[tuple[str, int], ...]:
     return tuple((n, v) for n, v in extract_labels(phrase).items() if v is not None and n != "No Finding")
@@ -361,7 +199,7 @@ def _kind_word(label: str, det: FindingDetail | None) -> str:
 def _fill(template: str, label: str, det: FindingDetail | None) -> str:
     sev = ""
     if det is not None and det.severity:
-        sev = _SEV_WORDS.get(label, _SEV_WORDS["default"])[det.severity]
+        sev = P.SEV_WORDS.get(label, P.SEV_WORDS["default"])[det.severity]
     loc_adj, loc, side_adj, side_loc = _loc_words(det)
     side_sided = f"{side_adj}-sided" if side_adj in ("left", "right") else side_adj
     sev_adv = {"": "", "mild": "mildly", "moderate": "moderately", "marked": "markedly"}.get(sev, sev)
@@ -425,23 +263,23 @@ class TemplateReportWriter(ReportWriter):
                             rng: random.Random) -> list[str]:
         if label == "Support Devices":
             if value == -1:
-                return [_pick(rng, _UNCERTAIN[label])]
+                return [_pick(rng, P.UNCERTAIN[label])]
             kinds = dets or [None]
             out = []
             for det in kinds:
-                opts = _DEVICES.get(det.kind if det else None, _DEVICES[None])
+                opts = P.DEVICES.get(det.kind if det else None, P.DEVICES[None])
                 out.append(_fill(_pick(rng, opts), label, det))
             return list(dict.fromkeys(out))
         out = []
         for det in (dets or [None]):
             if value == -1:
-                opts = _UNCERTAIN[label]
-            elif det is not None and det.side == "bilateral" and label in _BILATERAL:
-                opts = _BILATERAL[label]
+                opts = P.UNCERTAIN[label]
+            elif det is not None and det.side == "bilateral" and label in P.BILATERAL:
+                opts = P.BILATERAL[label]
             elif det is not None and label == "Pleural Other" and det.kind == "apical_cap":
-                opts = _APICAL_CAP
+                opts = P.APICAL_CAP
             else:
-                opts = _POSITIVE[label]
+                opts = P.POSITIVE[label]
             out.append(_fill(_pick(rng, opts), label, det))
         return list(dict.fromkeys(out))
 
@@ -450,19 +288,19 @@ class TemplateReportWriter(ReportWriter):
         """Compact wording for the impression: finding word, side and severity, nothing else."""
         if label == "Support Devices":
             if value == -1:
-                return [_UNCERTAIN[label][0]]
+                return [P.UNCERTAIN[label][0]]
             return list(dict.fromkeys(
-                _fill(_DEVICES.get(d.kind if d else None, _DEVICES[None])[0], label, d) for d in (dets or [None])))
+                _fill(P.DEVICES.get(d.kind if d else None, P.DEVICES[None])[0], label, d) for d in (dets or [None])))
         out = []
         for det in (dets or [None]):
             if value == -1:
-                template = _UNCERTAIN[label][0]
-            elif det is not None and det.side == "bilateral" and label in _BILATERAL:
-                template = _BILATERAL[label][0]
+                template = P.UNCERTAIN[label][0]
+            elif det is not None and det.side == "bilateral" and label in P.BILATERAL:
+                template = P.BILATERAL[label][0]
             elif det is not None and label == "Pleural Other" and det.kind == "apical_cap":
-                template = _APICAL_CAP[0]
+                template = P.APICAL_CAP[0]
             else:
-                template = _POSITIVE[label][0]
+                template = P.POSITIVE[label][0]
             out.append(_fill(template, label, det))
         return list(dict.fromkeys(out))
 
@@ -472,19 +310,22 @@ class TemplateReportWriter(ReportWriter):
         if not zero:
             return []
         sentences: list[str] = []
-        if group is _LUNG_GROUP and all(labels.get(n) == 0 for n in _LUNG_LABELS) and rng.random() < 0.7:
-            return [_pick(rng, _LUNGS_CLEAR)]
-        if group is _HEART_GROUP:
+        if group is P.LUNG_GROUP and all(labels.get(n) == 0 for n in P.LUNG_LABELS) and rng.random() < 0.7:
+            return [_pick(rng, P.LUNGS_CLEAR)]
+        if group is P.HEART_GROUP:
             if len(zero) == 2 and rng.random() < 0.6:
-                return [_pick(rng, _SILHOUETTE_NORMAL)]
+                return [_pick(rng, P.SILHOUETTE_NORMAL)]
             if "Cardiomegaly" in zero:
-                sentences.append(_pick(rng, _HEART_NORMAL))
+                sentences.append(_pick(rng, P.HEART_NORMAL))
             zero = [z for z in zero if z != "Cardiomegaly"]
+        if any(labels.get(n) in (1, -1) for n in P.LUNG_LABELS if n != "Lung Opacity"):
+            # "No focal opacity" next to a consolidation or an atelectasis would read as a contradiction.
+            zero = [z for z in zero if z != "Lung Opacity"]
         said = []
         for name in zero:
-            p = 1.0 if name in _CORE_NEGATIVES else _OPTIONAL_NEG_P.get(name, 0.3) * self.negative_rate
+            p = 1.0 if name in P.CORE_NEGATIVES else P.OPTIONAL_NEG_P.get(name, 0.3) * self.negative_rate
             if rng.random() < p:
-                said.append(_pick(rng, _NEGATIVE_SINGLE[name]))
+                said.append(_pick(rng, P.NEGATIVE_SINGLE[name]))
         if said:
             sentences.append(_tidy("No " + _join_or(said) + "."))
         return sentences
@@ -512,18 +353,18 @@ class TemplateReportWriter(ReportWriter):
 
         # Radiologists' usual order: lines and tubes, lungs, pleura, heart and mediastinum, bones.
         state(("Support Devices",))
-        state(_LUNG_GROUP)
-        findings.extend(self._negatives(labels, rng, _LUNG_GROUP))
-        state(_PLEURA_GROUP)
-        findings.extend(self._negatives(labels, rng, _PLEURA_GROUP))
-        state(_HEART_GROUP)
-        findings.extend(self._negatives(labels, rng, _HEART_GROUP))
+        state(P.LUNG_GROUP)
+        findings.extend(self._negatives(labels, rng, P.LUNG_GROUP))
+        state(P.PLEURA_GROUP)
+        findings.extend(self._negatives(labels, rng, P.PLEURA_GROUP))
+        state(P.HEART_GROUP)
+        findings.extend(self._negatives(labels, rng, P.HEART_GROUP))
         state(("Fracture",))
         findings.extend(self._negatives(labels, rng, ("Fracture",)))
         impression = definite + hedged + devices
         dropped = []
         for name in other:
-            phrase = _pick(rng, _OTHER_PHRASES.get(name.lower(), (f"{name}.",)))
+            phrase = _pick(rng, P.OTHER_PHRASES.get(name.lower(), (f"{name}.",)))
             phrase = _tidy(phrase if phrase.endswith(".") else phrase + ".")
             if not _phrase_agrees(phrase, labels):
                 dropped.append(name)  # e.g. "calcified densities" would read as a lung opacity
@@ -534,7 +375,7 @@ class TemplateReportWriter(ReportWriter):
         pathology = [n for n in LABELS if n not in ("No Finding", "Support Devices") and labels[n] in (1, -1)]
         if labels["No Finding"] == 1 and not pathology:
             # Devices (CheXpert allows them with No Finding) come first, the normal statement last.
-            impression.append(_pick(rng, _NORMAL_IMPRESSION))
+            impression.append(_pick(rng, P.NORMAL_IMPRESSION))
         if not impression:
             negs = [s for s in findings if s.startswith("No ")]
             impression = negs[:1] or ["No specific radiographic finding is recorded."]
