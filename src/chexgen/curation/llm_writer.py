@@ -130,14 +130,20 @@ class LLMReportWriter(ReportWriter):
 
     name = "llm"
 
-    def __init__(self, client: LLMClient, temperature: float = 0.3, fix_pass: bool = True, attempt: int = 0):
+    def __init__(self, client: LLMClient, temperature: float = 0.3, fix_pass: bool = True, attempt: int = 0,
+                 _failures: dict[str, list[str]] | None = None):
         self.client = client
         self.temperature = temperature
         self.fix_pass = fix_pass
         self.attempt = attempt
+        self._failures = {} if _failures is None else _failures  # shared by the attempt writers
 
     def for_attempt(self, attempt: int) -> "LLMReportWriter":
-        return LLMReportWriter(self.client, self.temperature, self.fix_pass, attempt)
+        return LLMReportWriter(self.client, self.temperature, self.fix_pass, attempt, self._failures)
+
+    def note_failure(self, record: Record, discrepancies: list[str]) -> None:
+        """Told by the pipeline what the last report got wrong; the next attempt's prompt says so."""
+        self._failures[record.id] = discrepancies
 
     def _report_from(self, text: str, record: Record) -> Report:
         sections = parse_report(text)
@@ -156,6 +162,8 @@ class LLMReportWriter(ReportWriter):
         """For a retry: what the previous attempt's report got wrong (from the cache, so free)."""
         if self.attempt == 0:
             return None
+        if record.id in self._failures:
+            return self._failures.pop(record.id) or None
         prev = self.for_attempt(self.attempt - 1)
         try:
             text = prev.write(record).text

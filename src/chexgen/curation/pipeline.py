@@ -102,6 +102,8 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
                 qc = check_report(record.labels, report.text)
                 if qc.passed:
                     break
+                if hasattr(w, "note_failure"):
+                    w.note_failure(record, [str(d) for d in qc.discrepancies])
         except ChexgenError as e:
             stats.writer_errors += 1
             rejects.append(Reject(record.dataset or "?", "<writer>", stats.written, str(e), record.id))
