@@ -26,9 +26,22 @@ def images():
     return torch.rand(1, 1, 96, 80, generator=g)  # one image: full-size CPU forwards are the cost here
 
 
-def test_xrv_preprocessing_features_scores_and_local_weights_file(images, tmp_path):
+def test_xrv_weights_by_name_from_cache_and_local_files(images, tmp_path):
+    import os
+
+    import torchxrayvision as xrv
+
     torch.manual_seed(0)
-    ex = XRVDenseNetExtractor.from_weights(random_init=True)
+    rand = XRVDenseNetExtractor.from_weights(random_init=True)
+    # a weights *name* resolves to TorchXRayVision's cache file; pre-placing that file (as on an offline
+    # machine) runs the library's real loading code: labels, operating thresholds, input resolution
+    name = "densenet121-res224-all"
+    cache = tmp_path / "xrv_cache"
+    cache.mkdir()
+    torch.save(rand.model, cache / os.path.basename(xrv.models.model_urls[name]["weights_url"]))
+    ex = XRVDenseNetExtractor.from_weights(name, cache_dir=str(cache))
+    assert ex.pathologies == xrv.models.model_urls[name]["labels"] and ex.model.op_threshs is not None
+
     x = ex.preprocess(images)
     assert x.shape == (1, 1, 224, 224)
     assert x.min() >= -1024 and x.max() <= 1024 and x.max() > 500  # TorchXRayVision's intensity range
@@ -38,17 +51,19 @@ def test_xrv_preprocessing_features_scores_and_local_weights_file(images, tmp_pa
     # 'No Finding', 'Pleural Other', 'Support Devices' are not among TorchXRayVision's outputs
     nan_cols = {LABELS[j] for j in range(len(LABELS)) if math.isnan(out.scores[0, j])}
     assert nan_cols == {"No Finding", "Pleural Other", "Support Devices"}
+    finite = out.scores[~torch.isnan(out.scores)]
+    assert (finite >= 0).all() and (finite <= 1).all()  # op_norm-calibrated probabilities
 
-    # a local file (a whole pickled model, as TorchXRayVision stores its weights) loads the same numbers
-    path = tmp_path / "xrv.pt"
-    torch.save(ex.model, path)
+    # a local file (a whole pickled model, as TorchXRayVision stores its weights) loads the same parameters
     # (compared by parameters: a second full forward pass on CPU costs seconds and checks nothing more)
-    ref = ex.model.state_dict()
+    path = tmp_path / "xrv.pt"
+    torch.save(rand.model, path)
+    ref = rand.model.state_dict()
     again = XRVDenseNetExtractor.from_weights(str(path))
-    assert again.pathologies == ex.pathologies
+    assert again.pathologies == rand.pathologies
     assert all(torch.equal(v, ref[k]) for k, v in again.model.state_dict().items())
     # ... and so does a plain state dict
-    torch.save(ex.model.state_dict(), tmp_path / "xrv_sd.pt")
+    torch.save(rand.model.state_dict(), tmp_path / "xrv_sd.pt")
     sd = XRVDenseNetExtractor.from_weights(str(tmp_path / "xrv_sd.pt"))
     assert all(torch.equal(v, ref[k]) for k, v in sd.model.state_dict().items())
 
