@@ -214,9 +214,11 @@ def _faster_rcnn(spec: ModelSpec) -> tuple[nn.Module, str]:
         body, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=in_channels, out_channels=fpn_ch, extra_blocks=LastLevelMaxPool(),
     )
-    # The default anchors (32..512 px) suit 800-px inputs; scale them with the input size.
+    # The default anchors (32..512 px on strides 4..64) suit 800-px inputs; scale them with the
+    # input size, but keep each at least twice its level's stride so small inputs still have
+    # anchors at many positions.
     scale = spec.image_size / 800.0
-    sizes = tuple((max(4, int(round(s * scale))),) for s in (32, 64, 128, 256, 512))
+    sizes = tuple((max(2 * stride, int(round(s * scale))),) for s, stride in zip((32, 64, 128, 256, 512), (4, 8, 16, 32, 64)))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     net = FasterRCNN(
         backbone,

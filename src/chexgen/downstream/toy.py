@@ -32,9 +32,8 @@ def _draw(rng: np.random.Generator, size: int, findings: dict[str, bool], severi
     s = size
     yy, xx = np.mgrid[0:s, 0:s]
     img = 0.15 + 0.05 * rng.standard_normal((s, s))
-    # Central patch whose brightness is the severity.
-    c0, c1 = int(0.42 * s), int(0.58 * s)
-    img[c0:c1, c0:c1] += 0.1 * severity * strength
+    # Upper-right patch whose brightness is the severity.
+    img[int(0.05 * s) : int(0.4 * s), int(0.6 * s) : int(0.95 * s)] += 0.12 * severity * strength
     r = (0.26 if findings["Cardiomegaly"] else 0.12) * s
     cx, cy = 0.45 * s, 0.55 * s
     img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r**2] += 0.25 * strength
@@ -48,7 +47,7 @@ def _draw(rng: np.random.Generator, size: int, findings: dict[str, bool], severi
         img[mask] += 0.45 * strength
     boxes = []
     if findings["Lung Lesion"]:
-        k = max(3, s // 6)
+        k = max(4, s // 5)
         y0, x0 = int(rng.integers(1, s - k - 1)), int(rng.integers(1, s - k - 1))
         img[y0 : y0 + k, x0 : x0 + k] += 0.6 * strength
         boxes.append(Box("Lung Lesion", float(x0), float(y0), float(x0 + k), float(y0 + k)))
