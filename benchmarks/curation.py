@@ -46,7 +46,7 @@ class Clock:
         return out
 
 
-def bench_curation(sources: list[str], limit: int | None, out_dir: Path, fmt: str, seed: int) -> None:
+def bench_curation(sources: list[str], limit: int | None, out_dir: Path, fmt: str, seed: int, workers: int) -> None:
     clock = Clock()
     records, rejected = [], 0
     rows = []
@@ -56,9 +56,9 @@ def bench_curation(sources: list[str], limit: int | None, out_dir: Path, fmt: st
         rejected += len(res.rejects)
         w, c = clock.lap()
         rows.append((f"read {name}", len(res.records), w, c))
-    curated, qc_rejects, stats = curate_records(records, TemplateReportWriter(seed=seed))
+    curated, qc_rejects, stats = curate_records(records, TemplateReportWriter(seed=seed), workers=workers)
     w, c = clock.lap()
-    rows.append(("write + check reports", stats.written, w, c))
+    rows.append((f"write + check reports ({workers} process{'es' if workers > 1 else ''})", stats.written, w, c))
     path = out_dir / f"openchest_bench.{fmt}"
     write_curated_manifest(path, curated)
     w, c = clock.lap()
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["jsonl", "parquet"], default="parquet", help="Manifest format.")
     ap.add_argument("--out-dir", default=None, help="Where to write the manifest (default: a temp folder).")
     ap.add_argument("--seed", type=int, default=0, help="Template wording seed.")
+    ap.add_argument("--workers", type=int, default=1, help="Processes writing reports (CPU s counts the parent only).")
     ap.add_argument("--skip-curation", action="store_true", help="Only run the extractor benchmark.")
     ap.add_argument("--skip-extractor", action="store_true", help="Only run the curation benchmark.")
     args = ap.parse_args()
@@ -137,10 +138,11 @@ def main() -> None:
         if args.out_dir:
             out = Path(args.out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            bench_curation(args.sources.split(","), args.limit, out, args.format, args.seed)
+            bench_curation(args.sources.split(","), args.limit, out, args.format, args.seed, args.workers)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                bench_curation(args.sources.split(","), args.limit, Path(tmp), args.format, args.seed)
+                bench_curation(args.sources.split(","), args.limit, Path(tmp), args.format, args.seed,
+                               args.workers)
     if not args.skip_extractor:
         bench_extractor(None)
 

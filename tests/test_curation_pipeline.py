@@ -38,6 +38,19 @@ def test_real_metadata_reports_all_pass_qc_and_round_trip(tmp_path):
         assert [b.to_dict() for b in back[:50]] == [r.to_dict() for r in out[:50]] and len(back) == len(out)
 
 
+def test_several_processes_give_the_same_output(monkeypatch):
+    import copy
+
+    from chexgen.curation import pipeline
+
+    monkeypatch.setattr(pipeline, "_MIN_SLICE", 50)
+    records = _real(120)
+    twin = copy.deepcopy(records)
+    one, rej1, st1 = curate_records(records, TemplateReportWriter(seed=4))
+    two, rej2, st2 = curate_records(twin, TemplateReportWriter(seed=4), workers=2)
+    assert [r.to_dict() for r in one] == [r.to_dict() for r in two] and st1 == st2 and rej1 == rej2 == []
+
+
 class _Liar(ReportWriter):
     """Always claims a pneumothorax: the QC must flag it."""
 

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rewrite-source-reports", action="store_true",
                    help="Also write new reports for records that come with a real one (MIMIC-CXR, NLMCXR); "
                         "by default real reports are kept and only checked.")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Processes writing template reports (same output as one process).")
     p.add_argument("--limit", type=int, default=None, help="Read only the first N rows of each source.")
     p.add_argument("--image-root", action="append", default=[], metavar="NAME=DIR",
                    help="Folder holding a source's images; stored image paths are placed under it.")
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     curated, qc_rejects, stats = curate_records(unique, writer, max_attempts=args.max_attempts,
                                                 keep_failed=args.keep_failed, llm_check=llm_check,
                                                 rewrite_source_reports=args.rewrite_source_reports,
+                                                workers=args.workers,
                                                 progress=len(unique) > 20000, total=len(unique))
     rejects.extend(qc_rejects)
     t_write = time.time() - t0 - t_read

@@ -45,8 +45,9 @@ class CurationStats:
 
 
 def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attempts: int = 3,
-                   keep_failed: bool = False, rewrite_source_reports: bool = False, llm_check: Callable[[Record, str], dict] | None = None,
-                   progress: bool = False, total: int | None = None
+                   keep_failed: bool = False, rewrite_source_reports: bool = False,
+                   llm_check: Callable[[Record, str], dict] | None = None, progress: bool = False,
+                   total: int | None = None, workers: int = 1, row_offset: int = 0
                    ) -> tuple[list[Record], list[Reject], CurationStats]:
     """Attach a checked report to each record.
 
@@ -60,10 +61,18 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
             is never rejected (a labeler's disagreement with a radiologist is not the radiologist's error).
         llm_check: optional second opinion (the LLM QC pass); its verdict is stored, the rule check decides.
         progress: show a tqdm bar.
+        workers: processes for writers that do not batch themselves (the template writer); each takes a
+            contiguous slice, so the output order and every report are the same as with one process.
+        row_offset: added to the positions reported in rejects (used by the worker processes).
 
     Returns:
         (curated records, rejects for flagged records or writer errors, counts).
     """
+    options = dict(max_attempts=max_attempts, keep_failed=keep_failed, rewrite_source_reports=rewrite_source_reports)
+    if workers > 1 and getattr(writer, "write_batch", None) is None and llm_check is None:
+        records = list(records)
+        if len(records) >= 4 * _MIN_SLICE:
+            return _curate_parallel(records, writer, workers, options)
     stats = CurationStats()
     out: list[Record] = []
     rejects: list[Reject] = []
@@ -78,7 +87,7 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
     if batch is not None:
         # Writers that batch (the LLM writer) get whole chunks for their first attempt.
         iterator = _prefetching(iterator, batch, prefetched, rewrite_source_reports, getattr(writer, "batch_size", 64))
-    for record in iterator:
+    for position, record in enumerate(iterator, start=row_offset + 1):
         if record.report and not rewrite_source_reports:
             stats.source_reports += 1
             qc_src = check_report(record.labels, record.report)
@@ -106,7 +115,7 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
                     w.note_failure(record, [str(d) for d in qc.discrepancies])
         except ChexgenError as e:
             stats.writer_errors += 1
-            rejects.append(Reject(record.dataset or "?", "<writer>", stats.written, str(e), record.id))
+            rejects.append(Reject(record.dataset or "?", "<writer>", position, str(e), record.id))
             continue
         assert report is not None and qc is not None
         if qc.passed:
@@ -129,7 +138,7 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
         if qc.passed or keep_failed:
             out.append(record)
         if not qc.passed:
-            rejects.append(Reject(record.dataset or "?", "<qc>", stats.written,
+            rejects.append(Reject(record.dataset or "?", "<qc>", position,
                                   "report disagrees with metadata: " + qc.summary(), record.id))
     return out, rejects, stats
 
@@ -151,3 +160,49 @@ def _prefetching(records: Iterable[Record], batch: Callable[[list[Record]], list
         if len(chunk) >= size:
             yield from flush()
     yield from flush()
+
+
+# -- several processes ------------------------------------------------------------------------
+_MIN_SLICE = 2000
+_JOB: tuple | None = None  # (records, writer, options), inherited by forked workers
+
+
+def _curate_slice(bounds: tuple[int, int]) -> tuple[list[tuple], list[Reject], CurationStats]:
+    records, writer, options = _JOB  # type: ignore[misc]
+    start, end = bounds
+    part = records[start:end]
+    _, rejects, stats = curate_records(part, writer, row_offset=start, **options)
+    results = [(start + k, r.report, r.impression, r.extra["qc"]) for k, r in enumerate(part) if "qc" in r.extra]
+    return results, rejects, stats
+
+
+def _curate_parallel(records: list[Record], writer: ReportWriter, workers: int, options: dict
+                     ) -> tuple[list[Record], list[Reject], CurationStats]:
+    import multiprocessing as mp
+
+    global _JOB
+    n = len(records)
+    step = max(_MIN_SLICE, -(-n // (workers * 4)))
+    bounds = [(a, min(n, a + step)) for a in range(0, n, step)]
+    _JOB = (records, writer, options)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_curate_slice, bounds, chunksize=1)
+    finally:
+        _JOB = None
+    stats = CurationStats()
+    rejects: list[Reject] = []
+    kept = [False] * n
+    for results, part_rejects, part_stats in parts:
+        rejects.extend(part_rejects)
+        for name in ("written", "source_reports", "source_reports_agreeing", "passed_first", "rewritten",
+                     "flagged", "writer_errors"):
+            setattr(stats, name, getattr(stats, name) + getattr(part_stats, name))
+        for label, count in part_stats.failures_by_label.items():
+            stats.failures_by_label[label] = stats.failures_by_label.get(label, 0) + count
+        for i, report, impression, qc in results:
+            rec = records[i]
+            rec.report, rec.impression = report, impression
+            rec.extra = {**rec.extra, "qc": qc}
+            kept[i] = qc["passed"] or qc.get("writer") == "source" or options["keep_failed"]
+    return [r for r, k in zip(records, kept) if k], rejects, stats
