@@ -404,9 +404,13 @@ def _fairness_plots(runs: dict[str, list[dict]], out: Path) -> None:
         ax.legend(fontsize=8)
         report._save(fig, out / "fairness_groups.png")
     syn = _collect(runs["baseline"], "synthetic_groups", "f1_weighted")
-    common = [g for g in base if g in syn]
+    def finite_mean(v: list[float]) -> float:
+        v = [x for x in v if x == x]
+        return float(np.mean(v)) if v else float("nan")
+
+    common = [g for g in base if g in syn and finite_mean(base[g]) == finite_mean(base[g]) and finite_mean(syn[g]) == finite_mean(syn[g])]
     if common:
-        report.scatter_plot([float(np.nanmean(base[g])) for g in common], [float(np.nanmean(syn[g])) for g in common], common,
+        report.scatter_plot([finite_mean(base[g]) for g in common], [finite_mean(syn[g]) for g in common], common,
                             "weighted F1 on real test", "weighted F1 on synthetic test", out / "fairness_real_vs_synthetic.png")
 
 
