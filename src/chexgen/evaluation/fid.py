@@ -10,7 +10,7 @@ symmetric ways:
 
 * feature space (``n > d``): ``tr sqrt(S1^1/2 S2 S1^1/2)``, two symmetric
   eigendecompositions with negative round-off eigenvalues clipped to zero;
-* sample space (``n <= d``, common with a few hundred images and 1024-d
+* sample space (both ``n <= d``, common with a few hundred images and 1024-d
   features): with ``S = A^T A`` (A the centred features / sqrt(n-1)) the
   non-zero eigenvalues of ``S1 S2`` are the squared singular values of
   ``A1 A2^T``, so the trace is the nuclear norm of an ``n1 x n2`` matrix.
@@ -105,7 +105,7 @@ def _fid_sample_space(f1: np.ndarray, f2: np.ndarray) -> float:
 def compute_fid(features1: np.ndarray, features2: np.ndarray, method: str = "auto") -> float:
     """FID between two feature sets [n1, d] and [n2, d] (real first by convention; it is symmetric).
 
-    ``method``: ``"auto"`` (sample space when min(n1, n2) <= d, else feature space),
+    ``method``: ``"auto"`` (sample space when max(n1, n2) <= d, else feature space),
     ``"feature"`` or ``"sample"``; all give the same value up to round-off.
     """
     f1 = _as_features(features1, "features1")
@@ -114,7 +114,7 @@ def compute_fid(features1: np.ndarray, features2: np.ndarray, method: str = "aut
         raise ValueError(f"feature dimension mismatch: {f1.shape[1]} vs {f2.shape[1]}")
     if method not in ("auto", "feature", "sample"):
         raise ValueError(f"method must be 'auto', 'feature' or 'sample', got {method!r}")
-    if method == "sample" or (method == "auto" and min(f1.shape[0], f2.shape[0]) <= f1.shape[1]):
+    if method == "sample" or (method == "auto" and max(f1.shape[0], f2.shape[0]) <= f1.shape[1]):
         return _fid_sample_space(f1, f2)
     s1, s2 = feature_stats(f1), feature_stats(f2)
     return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma)

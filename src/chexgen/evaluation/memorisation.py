@@ -48,6 +48,14 @@ def nearest_by_feature(query, reference, k: int = 1, chunk: int = 1024) -> tuple
     return torch.cat(idx).numpy(), torch.cat(dist).numpy()
 
 
+def _pooled(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
+    """Area-averaged ``size`` px copies, flattened, float64 (chunked: inputs may be large half tensors)."""
+    return torch.cat([
+        F.adaptive_avg_pool2d(images[i : i + chunk].float(), size).flatten(1).double()
+        for i in range(0, images.shape[0], chunk)
+    ])
+
+
 def _median_train_nn(reference: torch.Tensor, max_n: int = 2000, seed: int = 0) -> float:
     r = reference
     if r.shape[0] > max_n:
@@ -100,14 +108,14 @@ def compute_memorisation(
     Images: [N,1,H,W] in [0,1] at one common size (SSIM is computed at that size).
     """
     sf, tf = _l2n(synthetic_features), _l2n(train_features)
-    si, ti = as_image_batch(synthetic_images), as_image_batch(train_images)
+    si, ti = as_image_batch(synthetic_images, keep_half=True), as_image_batch(train_images, keep_half=True)
     if sf.shape[0] != si.shape[0] or tf.shape[0] != ti.shape[0]:
         raise ValueError("features and images must have the same number of rows per set")
     if si.shape[-2:] != ti.shape[-2:]:
         raise ValueError(f"synthetic and training images differ in size: {tuple(si.shape)} vs {tuple(ti.shape)}")
     f_idx, f_dist = nearest_by_feature(sf, tf, k=shortlist)
-    small_s = F.adaptive_avg_pool2d(si, pixel_size).flatten(1).double()
-    small_t = F.adaptive_avg_pool2d(ti, pixel_size).flatten(1).double()
+    small_s = _pooled(si, pixel_size)
+    small_t = _pooled(ti, pixel_size)
     _, p_idx = torch.cdist(small_s, small_t).topk(min(shortlist, ti.shape[0]), dim=1, largest=False)
     p_idx = p_idx.numpy()
 
@@ -116,7 +124,8 @@ def compute_memorisation(
     owner = np.concatenate([np.full(len(c), n) for n, c in enumerate(cand)])
     flat = np.concatenate(cand)
     s_all = np.concatenate([
-        ssim_pairs(si[owner[i : i + 256]], ti[flat[i : i + 256]]) for i in range(0, len(owner), 256)
+        ssim_pairs(si[owner[i : i + 256]].float(), ti[flat[i : i + 256]].float())
+        for i in range(0, len(owner), 256)
     ])
     best_j, best_s = [], []
     start = 0

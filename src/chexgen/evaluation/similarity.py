@@ -25,21 +25,38 @@ __all__ = [
     "ssim_pairs",
     "ms_ssim_pairs",
     "msssim_window",
+    "indexed_pairs",
     "DiversityResult",
     "compute_diversity",
     "DiversityMetric",
 ]
 
 
-def as_image_batch(images) -> torch.Tensor:
-    """[B,H,W] / [B,1,H,W] arrays or tensors in [0,1] -> float32 tensor [B,1,H,W]."""
+def as_image_batch(images, keep_half: bool = False) -> torch.Tensor:
+    """[B,H,W] / [B,1,H,W] arrays or tensors in [0,1] -> float32 tensor [B,1,H,W].
+
+    ``keep_half=True`` leaves float16 input as it is (big image sets are kept in half precision
+    and converted chunk by chunk).
+    """
     t = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    t = t.detach().to(torch.float32).cpu()
+    t = t.detach().cpu()
+    if not (keep_half and t.dtype == torch.float16):
+        t = t.to(torch.float32)
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4 or t.shape[1] != 1:
         raise ValueError(f"expected gray images [B,H,W] or [B,1,H,W], got shape {tuple(t.shape)}")
     return t
+
+
+def indexed_pairs(metric: str, images, ia: Sequence[int], ib: Sequence[int], batch: int = 64) -> np.ndarray:
+    """``metric`` ("ssim" or "ms_ssim") of pairs (images[ia[k]], images[ib[k]]), materialising ``batch`` pairs at a time."""
+    x = as_image_batch(images, keep_half=True)
+    fn = ssim_pairs if metric == "ssim" else ms_ssim_pairs
+    ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+    out = [fn(x[ia[i : i + batch]].float(), x[ib[i : i + batch]].float(), batch=batch)
+           for i in range(0, len(ia), batch)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def msssim_window(size: int, levels: int = 5) -> int:
@@ -96,7 +113,7 @@ def compute_diversity(images, groups: Sequence[Hashable], use_ms_ssim: bool = Tr
     single image are skipped. The overall value is the mean of the group means,
     so every prompt weighs the same however many seeds it has.
     """
-    x = as_image_batch(images)
+    x = as_image_batch(images, keep_half=True)
     if len(groups) != x.shape[0]:
         raise ValueError(f"{len(groups)} group keys for {x.shape[0]} images")
     members: dict[Hashable, list[int]] = {}
@@ -110,9 +127,8 @@ def compute_diversity(images, groups: Sequence[Hashable], use_ms_ssim: bool = Tr
             pair_group.append(g)
     if not pairs_i:
         return DiversityResult(ssim=float("nan"), ms_ssim=float("nan"))
-    a, b = x[pairs_i], x[pairs_j]
-    s = ssim_pairs(a, b)
-    m = ms_ssim_pairs(a, b) if use_ms_ssim else np.full(len(pairs_i), np.nan)
+    s = indexed_pairs("ssim", x, pairs_i, pairs_j)
+    m = indexed_pairs("ms_ssim", x, pairs_i, pairs_j) if use_ms_ssim else np.full(len(pairs_i), np.nan)
     per_s: dict[Hashable, list[float]] = {}
     per_m: dict[Hashable, list[float]] = {}
     for g, vs, vm in zip(pair_group, s, m):

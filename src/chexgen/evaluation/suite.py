@@ -160,9 +160,9 @@ def _entry(ci, better: str, description: str) -> dict:
     return {**d, "better": better, "description": description}
 
 
-def _images_t(s: LoadedSet, idx=None) -> torch.Tensor:
+def _images_t(s: LoadedSet, idx=None, half: bool = False) -> torch.Tensor:
     arr = s.images if idx is None else s.images[idx]
-    return torch.from_numpy(arr.astype(np.float32))[:, None]
+    return torch.from_numpy(arr if half else arr.astype(np.float32))[:, None]
 
 
 def _syn_labels(syn: LoadedSet, match: list[int | None], real: LoadedSet) -> np.ndarray:
@@ -217,7 +217,7 @@ def _set_metrics(real: LoadedSet, syn: LoadedSet, cfg: EvaluationConfig, warning
     # synthetic sets made from the same reports pair up however each names its origin
     match = match_to_real(real.records, syn.records)
     groups = [f"real:{real.records[j].id}" if j is not None else group_key(r) for r, j in zip(syn.records, match)]
-    div = compute_diversity(_images_t(syn), groups, use_ms_ssim=cfg.analysis_size >= 48)
+    div = compute_diversity(_images_t(syn, half=True), groups, use_ms_ssim=cfg.analysis_size >= 48)
     if div.n_groups:
         keys = list(div.per_group_ssim)
         gs = np.array([div.per_group_ssim[g] for g in keys])
@@ -389,7 +389,7 @@ def evaluate_sets(
         "diversity": {k: a["diversity"][k] for k in ("ssim", "ms_ssim", "n_groups", "n_pairs")},
     }
     mem = compute_memorisation(
-        syn.features.features, train.features.features, _images_t(syn), _images_t(train),
+        syn.features.features, train.features.features, _images_t(syn, half=True), _images_t(train, half=True),
         ssim_threshold=cfg.memorisation_ssim, feature_ratio=cfg.memorisation_feature_ratio)
     flags = np.asarray(mem.flagged, np.float64)
     results["metrics"]["memorised_fraction"] = _entry(
