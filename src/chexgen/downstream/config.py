@@ -49,7 +49,7 @@ class ExperimentConfig:
     synthetic_test: str | None = None  # fairness: default = synthetic records with split 'test', else all
     output: str = "downstream_results"
     classes: list[str] = field(default_factory=list)  # default: classes with positives in the real train split
-    mask: str = "pneumothorax"
+    mask: str = "*pneumothorax"  # mask name or glob (phantom: finding_N_pneumothorax)
     image_size: int = 224
     arch: str | None = None
     width: int = 0

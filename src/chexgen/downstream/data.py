@@ -15,6 +15,7 @@ radiographs.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "SampleSpec",
     "ManifestDataset",
     "decode_rle",
+    "matching_masks",
     "collate_samples",
 ]
 
@@ -51,8 +53,8 @@ class SampleSpec:
     task: one of :data:`TASKS`.
     image_size: side S of the square network input.
     classes: label names (classification) or box labels (detection, background excluded).
-    mask_name: which :class:`~chexgen.data.manifest.Mask` to read (segmentation); a
-        record without it is a negative (empty mask).
+    mask_name: which :class:`~chexgen.data.manifest.Mask` to read (segmentation): a name or a
+        glob (matches are united); a record without a match is a negative (empty mask).
     uncertain_as: value for uncertain (-1) labels; missing labels count as 0.
     augment: random affine on (image, mask, boxes) together; for training only.
     """
@@ -74,6 +76,17 @@ class SampleSpec:
             raise ChexgenError(f"task {self.task!r} needs a non-empty list of classes")
         if self.task == "segmentation" and not self.mask_name:
             raise ChexgenError("task 'segmentation' needs a mask name (config key 'mask')")
+
+
+def matching_masks(rec: Record, pattern: str | None) -> list:
+    """Masks of ``rec`` whose name equals ``pattern`` or matches it as a glob.
+
+    Globs let one target cover indexed names, e.g. ``finding_*_pneumothorax`` in the phantom
+    cohort or ``rib_*`` for all ribs; several matches are united into one mask.
+    """
+    if not pattern:
+        return []
+    return [m for m in rec.masks if m.name == pattern or fnmatch.fnmatchcase(m.name, pattern)]
 
 
 def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
@@ -144,9 +157,8 @@ class ManifestDataset(Dataset):
         return np.asarray([full[LABEL_INDEX[c]] for c in self.spec.classes], dtype=np.float32)
 
     def _load_mask(self, rec: Record, root: Any, shape: tuple[int, int]) -> np.ndarray:
-        for m in rec.masks:
-            if m.name != self.spec.mask_name:
-                continue
+        out = np.zeros(shape, dtype=bool)
+        for m in matching_masks(rec, self.spec.mask_name):
             if m.rle is not None:
                 mask = decode_rle(m.rle, int(m.width), int(m.height))
             else:
@@ -156,8 +168,8 @@ class ManifestDataset(Dataset):
                     f"record {rec.id!r}: mask {m.name!r} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                     f"{shape[1]}x{shape[0]}"
                 )
-            return mask
-        return np.zeros(shape, dtype=bool)
+            out |= mask
+        return out
 
     def _read(self, idx: int) -> dict[str, Any]:
         rec, root = self.records[idx], self.roots[idx]

@@ -160,7 +160,9 @@ def _positives_fn(cfg: ExperimentConfig) -> Callable[[Record], set[str]]:
     if cfg.task == "detection":
         return lambda r: {b.label for b in r.boxes}
     if cfg.task == "segmentation":
-        return lambda r: {"mask"} if any(m.name == cfg.mask for m in r.masks) else set()
+        from chexgen.downstream.data import matching_masks
+
+        return lambda r: {"mask"} if matching_masks(r, cfg.mask) else set()
     return lambda r: {"severity"}
 
 

@@ -46,7 +46,9 @@ def label_key_fn(task: str, classes: Sequence[str] = (), mask_name: str | None =
 
         return key
     if task == "segmentation":
-        return lambda r: any(m.name == mask_name for m in r.masks)
+        from chexgen.downstream.data import matching_masks
+
+        return lambda r: bool(matching_masks(r, mask_name))
     if task == "detection":
         return lambda r: tuple(sorted({b.label for b in r.boxes if b.label in classes}))
     if task == "regression":
