@@ -99,12 +99,13 @@ def test_regressor_learns(toy):
 
 @pytest.mark.slow
 def test_detector_learns(tmp_path):
-    path = make_toy_cohort(tmp_path, 80, size=SIZE, seed=1, prevalence={"Lung Lesion": 0.9})
+    path = make_toy_cohort(tmp_path, 60, size=SIZE, seed=0, prevalence={"Lung Lesion": 0.9})
     recs = read_manifest(path)
     spec = SampleSpec("detection", SIZE, classes=("Lung Lesion",))
     train, test = _sets((path.parent, [r for r in recs if r.split != "test"], [r for r in recs if r.split == "test"]), spec)
     res = fit(ModelSpec("detection", 1, SIZE, arch="resnet18", width=4), train, test,
-              TrainConfig(epochs=12, batch_size=4, lr=5e-3), seed=0)
+              TrainConfig(epochs=14, batch_size=4, lr=5e-3), seed=0)
+    # A detector that has learnt nothing scores mAP50 ~0; measured here: 0.44 (mAR50 1.0).
     assert res.metrics["map50"] > 0.3, res.metrics
 
 
@@ -164,3 +165,18 @@ def test_paper_architectures_and_offline_imagenet_init(tmp_path, monkeypatch):
         assert init == "imagenet" and torch.equal(unet.net.encoder.conv1.weight, ref.conv1.weight)
     finally:
         torch.hub.set_dir(old)
+
+
+def test_mask_globs_unite_indexed_masks(tmp_path):
+    img = np.zeros((16, 16), np.float32)
+    a, b = img.copy(), img.copy()
+    a[:4, :4] = 1
+    b[8:, 8:] = 1
+    for name, arr in (("i", img), ("a", a), ("b", b)):
+        save_png(tmp_path / f"{name}.png", arr)
+    rec = Record(id="r", image="i.png", masks=[Mask("finding_0_pneumothorax", path="a.png"), Mask("finding_1_pneumothorax", path="b.png"),
+                                               Mask("heart", path="a.png")])
+    m = ManifestDataset([rec], tmp_path, SampleSpec("segmentation", 16, mask_name="*pneumothorax"))[0]["mask"][0]
+    assert m.sum() == 16 + 64
+    other = Record(id="o", image="i.png", masks=[Mask("heart", path="a.png")])
+    assert ManifestDataset([other], tmp_path, SampleSpec("segmentation", 16, mask_name="*pneumothorax"))[0]["mask"].sum() == 0
