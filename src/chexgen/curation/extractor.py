@@ -86,7 +86,10 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
         r"\bengorged\b", r"\bpulmonary venous (?:hypertension|congestion)\b",
     ),
     "Consolidation": _rx(r"\bconsolidat(?:ion|ions|ive|ed)\b"),
-    "Pneumonia": _rx(r"\b(?:broncho)?pneumonias?\b", r"\binfection\b", r"\binfectious (?:process|etiology)\b"),
+    # "prior granulomatous infection" is a healed, not an active, infection.
+    "Pneumonia": _rx(r"\b(?:broncho)?pneumonias?\b",
+                     r"(?<!granulomatous )(?<!prior )(?<!previous )(?<!old )(?<!healed )\binfection\b",
+                     r"\binfectious (?:process|etiology)\b"),
     "Atelectasis": _rx(r"\batelecta\w*\b", r"\b(?:lobar|lung|lobe|segmental) collapse\b",
                        r"\bcollapse of the (?:right |left )?(?:upper |middle |lower )?(?:lobe|lung)\b"),
     "Pneumothorax": _rx(r"pneumothora(?:x|ces)\b"),
@@ -174,7 +177,8 @@ _POST_UNC = re.compile(
 )
 _POST_NEG = re.compile(
     r"^\s*(?:(?:is|are|was|were|has|have|has been|have been|remains?)\s+)?(?:now\s+|no longer\s+)?"
-    r"(?:not (?:seen|identified|present|visualized|evident|demonstrated|appreciated|detected)|absent|resolved|"
+    r"(?:not (?:well[- ])?(?:seen|identified|present|visualized|evident|demonstrated|appreciated|detected)|absent|"
+    r"resolved|"
     r"removed|seen no longer|no longer (?:seen|present|visualized))\b"
 )
 _CLAUSE_BREAK = re.compile(r"\b(?:but|however|although|though|whereas|except|aside from|apart from)\b|;|:")

@@ -54,6 +54,8 @@ MESH_TO_LABEL: dict[str, str] = {
     "Hydropneumothorax": "Pneumothorax",
     "Pleural Effusion": "Pleural Effusion",
     "Thickening/pleura": "Pleural Other",
+    "Cicatrix/pleura": "Pleural Other",  # pleural scarring, as the CheXpert labeler counts it
+    "Calcinosis/pleura": "Pleural Other",
     "Fractures, Bone": "Fracture",
     "Rib Fractures": "Fracture",
     "Catheters, Indwelling": "Support Devices",
