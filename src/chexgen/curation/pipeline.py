@@ -144,12 +144,12 @@ def curate_records(records: Iterable[Record], writer: ReportWriter, *, max_attem
 
 
 def _prefetching(records: Iterable[Record], batch: Callable[[list[Record]], list], store: dict[int, object],
-                 keep_source: bool, size: int) -> Iterator[Record]:
+                 rewrite_source: bool, size: int) -> Iterator[Record]:
     """Yield records unchanged, filling ``store`` with first-attempt reports chunk by chunk."""
     chunk: list[Record] = []
 
     def flush() -> Iterator[Record]:
-        todo = [r for r in chunk if not (r.report and not keep_source)]
+        todo = [r for r in chunk if rewrite_source or not r.report]  # real reports are not rewritten
         for r, result in zip(todo, batch(todo) if todo else []):
             store[id(r)] = result
         yield from chunk
