@@ -307,6 +307,17 @@ def _figures(real: LoadedSet, syn: LoadedSet, match, cfg: EvaluationConfig, mem,
             figs.append(Figure(finding, grid_png(rows), f"top row: real ({len(r_idx)}); bottom row: synthetic "
                                f"({len(s_idx)})" if r_idx else f"synthetic only ({len(s_idx)})",
                                section="Real vs synthetic by finding", alt=f"grid {finding}"))
+    by_source: dict[int, list[int]] = {}
+    for i, j in enumerate(match):
+        if j is not None:
+            by_source.setdefault(j, []).append(i)
+    shown = list(by_source.items())[:6]
+    if shown:
+        rows = [[real.images[j]] + [syn.images[i] for i in idx[:4]] for j, idx in shown]
+        cap = "; ".join(f"{real.records[j].id}: {', '.join(syn.records[i].id for i in idx[:4])}" for j, idx in shown)
+        figs.append(Figure("Real source and its synthetic images", grid_png(rows),
+                           "each row: the real image whose report was the prompt, then images generated from it. "
+                           + cap, section="Matched prompts", alt="matched prompts"))
     if mem is not None:
         top = mem.closest_pairs(cfg.closest_pairs, by="ssim")
         if top:
