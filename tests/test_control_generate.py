@@ -16,15 +16,18 @@ from chexgen.data.imageio import read_png_text
 from chexgen.data.manifest import read_manifest
 from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import ChexGenControlNet
-from chexgen.models.presets import TextEncoderSpec
+from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipeline import ChexGenPipeline
+
+SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_t5_dir):
     root = tmp_path_factory.mktemp("gen")
     spec = TextEncoderSpec(kind="t5", name_or_path=str(tiny_t5_dir), max_length=8, embed_dim=32)
-    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, depth=2, hidden_size=32,
+    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, vae_spec=SMALL_VAE,
+                                       depth=2, hidden_size=32,
                                        num_heads=2)
     base.save_pretrained(root / "base")
     adapter = ChexGenControlNet.from_transformer(base.transformer)
@@ -93,3 +96,18 @@ def test_rle_csv_conditions_and_errors(models, tmp_path):
     with pytest.raises(ChexgenError, match="VALUE=NAME"):
         generate_with_control(_args(["--control-model", str(root / "ctrl"), "--masks", str(tmp_path),
                                      "--mask-classes", "lungs"]), ["x"], out, base_pipeline=base)
+
+
+def test_generate_command_with_boxes(models, tmp_path):
+    from chexgen.cli import main
+
+    root, _ = models
+    (tmp_path / "b.csv").write_text("image_id,label,x0,y0,x1,y1,width,height\nq,Nodule,4,4,12,12,32,32\n")
+    out = tmp_path / "cli"
+    code = main(["generate", "Right upper lobe nodule.", "--model", str(root / "base"), "--control-model",
+                 str(root / "ctrl"), "--boxes", str(tmp_path / "b.csv"), "--out", str(out), "--steps", "2",
+                 "--no-progress", "--seed", "9"])
+    assert code == 0
+    (rec,) = read_manifest(out / "manifest.jsonl")
+    assert rec.id == "q_s9" and rec.impression == "Right upper lobe nodule." and len(rec.boxes) == 1
+    assert (out / rec.image).is_file() and (out / "boxes.coco.json").is_file()

@@ -13,8 +13,10 @@ from chexgen.data.manifest import Box
 from chexgen.diffusion.samplers import guided_prediction
 from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import ChexGenControlNet, controlled_forward
-from chexgen.models.presets import TextEncoderSpec
+from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipeline import ChexGenPipeline
+
+SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 
 
 def _perturb(module, std=0.05, seed=3):
@@ -27,7 +29,8 @@ def _perturb(module, std=0.05, seed=3):
 @pytest.fixture(scope="module")
 def pipes(tiny_t5_dir):
     spec = TextEncoderSpec(kind="t5", name_or_path=str(tiny_t5_dir), max_length=8, embed_dim=32)
-    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, depth=3, hidden_size=32,
+    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, vae_spec=SMALL_VAE,
+                                       depth=3, hidden_size=32,
                                        num_heads=2)
     _perturb(base.transformer)
     fresh = ChexGenControlNet.from_transformer(base.transformer)
@@ -114,6 +117,12 @@ def test_save_and_load_control_pipeline(pipes, tmp_path):
     a = ChexGenControlPipeline(base, trained)("Pneumothorax.", conds, **kw).images
     b = loaded("Pneumothorax.", conds, **kw).images
     assert torch.allclose(a, b, atol=1e-6)
+    # convert-official layout: the adapter inside the base pipeline folder, no control_info.json
+    trained.save_pretrained(tmp_path / "base" / "controlnet")
+    nested = ChexGenControlPipeline.from_pretrained(tmp_path / "base" / "controlnet", text_encoder=base.text_encoder)
+    assert torch.allclose(nested("Pneumothorax.", conds, **kw).images, a, atol=1e-6)
+    with pytest.raises(ChexgenError, match="no control_info.json"):
+        ChexGenControlPipeline.from_pretrained(tmp_path / "ctrl2")
 
 
 def test_official_binary_palette_adapter_sees_white_masks(pipes, tmp_path):

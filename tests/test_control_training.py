@@ -15,16 +15,19 @@ from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import record_condition
 from chexgen.data.imageio import save_png
 from chexgen.data.manifest import Box, Record, write_manifest
-from chexgen.models.presets import TextEncoderSpec
+from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipeline import ChexGenPipeline
 from chexgen.training.cache import CacheSpec, prepare_cache
+
+SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, tiny_t5_dir):
     root = tmp_path_factory.mktemp("control_run")
     spec = TextEncoderSpec(kind="t5", name_or_path=str(tiny_t5_dir), max_length=8, embed_dim=32)
-    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, depth=3, hidden_size=32,
+    base = ChexGenPipeline.from_preset("tiny", resolution=32, text_encoder_spec=spec, vae_spec=SMALL_VAE,
+                                       depth=3, hidden_size=32,
                                        num_heads=2)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a fresh DiT predicts exactly zero (zero output layer): stand in for a trained base

@@ -99,15 +99,23 @@ class ChexGenControlPipeline:
     @classmethod
     def from_pretrained(cls, control_path: str | os.PathLike, base: "str | os.PathLike | ChexGenPipeline | None" = None,
                         device=None, **base_kwargs: Any) -> "ChexGenControlPipeline":
-        """Load an adapter folder and its base (``base``, or the path recorded in ``control_info.json``)."""
+        """Load an adapter folder and its base.
+
+        The base is ``base`` if given, else the pipeline recorded in the adapter's
+        ``control_info.json`` (``chexgen train-control``), else the folder that
+        contains the adapter (``chexgen convert-official --control`` layout).
+        """
         control_path = Path(control_path)
         if base is None:
             info = control_path / CONTROL_INFO
-            if not info.is_file():
+            if info.is_file():
+                base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
+                if not base:
+                    raise ChexgenError(f"{info}: 'base_model' is missing")
+            elif (control_path.parent / "chexgen_config.json").is_file():
+                base = control_path.parent  # convert-official --control writes <pipeline>/controlnet/
+            else:
                 raise ChexgenError(f"{control_path}: no {CONTROL_INFO} naming the base model; pass the base pipeline")
-            base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
-            if not base:
-                raise ChexgenError(f"{info}: 'base_model' is missing")
         if not isinstance(base, ChexGenPipeline):
             base = ChexGenPipeline.from_pretrained(base, **base_kwargs)
         adapter = load_controlnet(str(control_path), transformer=base.transformer)

@@ -120,8 +120,15 @@ def generate_with_control(
     if not args.control_model:
         raise ChexgenError("--masks / --boxes need --control-model (an adapter from chexgen train-control)")
     conditions = read_condition_inputs(args)
+    import torch
+
     base = base_pipeline if base_pipeline is not None else model
-    pipe = ChexGenControlPipeline.from_pretrained(args.control_model, base=base, device=device)
+    base_kwargs = {}
+    if base_pipeline is None and getattr(args, "text_encoder", None):
+        base_kwargs["text_encoder_name_or_path"] = args.text_encoder
+    if device is None and base_pipeline is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = ChexGenControlPipeline.from_pretrained(args.control_model, base=base, device=device, **base_kwargs)
     if args.conditioning_scale < 0:
         raise ChexgenError(f"--conditioning-scale must be >= 0, got {args.conditioning_scale}")
     result = pipe(list(prompts), conditions, num_images_per_condition=images_per_condition, seed=seed,

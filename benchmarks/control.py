@@ -1,0 +1,280 @@
+"""Does the ControlNet adapter put the finding where the mask / box says? (phantom ground truth)
+
+On a phantom cohort (``chexgen phantom``, exact finding masks), train for a fixed
+CPU budget (1) a tiny text-to-image DiT, then (2) a ControlNet adapter on it
+with the base frozen. Then, for held-out test cases, generate from the case's
+impression with the same seeds twice: text only (base) and text + the case's
+finding masks (or boxes) as the condition (base + adapter, guidance applied
+through the control branch). A small segmenter, trained on the *real* phantom
+training images against their exact finding masks, localises the finding in
+every generated image, and this is compared with the case's ground-truth
+finding region:
+
+- hit rate: the segmenter's peak lies inside the region;
+- Dice: the segmenter's top-|region| pixels vs the region.
+
+The segmenter on the real test images gives the ceiling; the mean area
+fraction of the regions gives the chance hit rate.
+
+To fit a CPU budget the VAE is replaced by an exact space-to-depth latent
+(``pixel_unshuffle`` by 2: the 64 px phantom images are used at 32 px, a
+4-channel 16x16 latent; the condition image is encoded the same way). Model, adapter, objective
+(learned-variance loss with caption dropout), CFG sampler and control path are
+chexgen's own.
+
+    python benchmarks/control.py                      # ~6 min on 2 CPU cores
+    python benchmarks/control.py --condition boxes    # box control instead of masks
+    python benchmarks/control.py --base-seconds 1200 --control-seconds 1200 --n 3000   # stronger
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chexgen.data.conditions import record_condition
+from chexgen.data.imageio import fit_square, load_gray
+from chexgen.data.manifest import read_manifest
+from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+from chexgen.diffusion.samplers import denoise, make_generators
+from chexgen.control_pipeline import control_model_fn
+from chexgen.models.controlnet import ChexGenControlNet, ControlledDiT
+from chexgen.models.dit import ChexGenDiT
+from chexgen.models.presets import TextEncoderSpec
+from chexgen.models.text_encoder import load_text_encoder
+from chexgen.training.diffusion_task import DiffusionObjective
+
+FACTOR = 2  # space-to-depth factor standing in for the VAE (32 px image -> 4 x 16 x 16 latent)
+
+
+def encode(images: torch.Tensor) -> torch.Tensor:
+    return F.pixel_unshuffle(images * 2 - 1, FACTOR)
+
+
+def decode(latents: torch.Tensor) -> torch.Tensor:
+    return ((F.pixel_shuffle(latents, FACTOR) + 1) / 2).clamp(0, 1)
+
+
+def finding_region(record, root: Path, size: int, condition: str) -> np.ndarray:
+    """Ground-truth region of the record's findings: union of finding masks, or of their boxes."""
+    if condition == "boxes":
+        region = np.zeros((size, size), bool)
+        for b in record.boxes:
+            sx, sy = size / record.width, size / record.height
+            region[int(b.y0 * sy): int(np.ceil(b.y1 * sy)), int(b.x0 * sx): int(np.ceil(b.x1 * sx))] = True
+        return region
+    cond = record_condition(record, root, size, kinds=("finding",), use_boxes=False)
+    return np.zeros((size, size), bool) if cond is None else cond > 0
+
+
+def load_split(records, root: Path, size: int, condition: str):
+    images, conds, regions, texts = [], [], [], []
+    for r in records:
+        images.append(fit_square(load_gray(r.resolve(r.image, root)), size))
+        if condition == "boxes":
+            c = record_condition(r, root, size, kinds=(), use_boxes=True)
+        else:
+            c = record_condition(r, root, size, kinds=("finding",), use_boxes=False)
+        conds.append(np.zeros((size, size), np.float32) if c is None else c)
+        regions.append(finding_region(r, root, size, condition))
+        texts.append(r.impression or "No acute cardiopulmonary process.")
+    return (torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(conds))[:, None],
+            np.stack(regions), texts)
+
+
+def train_for(model, params, batches, seconds: float, objective, lr: float, seed: int, label: str) -> int:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    start, step, losses = time.perf_counter(), 0, []
+    while time.perf_counter() - start < seconds:
+        batch = batches(gen)
+        logs = objective(model, batch, gen)
+        opt.zero_grad(set_to_none=True)
+        logs["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(logs["loss"].detach()))
+        step += 1
+        if step % 100 == 0:
+            print(f"  {label}: step {step}, loss {np.mean(losses[-100:]):.4f}", file=sys.stderr)
+    model.eval()
+    print(f"  {label}: {step} steps in {seconds:.0f} s, final loss {np.mean(losses[-50:]):.4f}", file=sys.stderr)
+    return step
+
+
+class Segmenter(torch.nn.Module):
+    """A small fully convolutional net: image -> finding logit per pixel (trained on real phantom images)."""
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        c = width
+        self.down = torch.nn.Sequential(
+            torch.nn.Conv2d(1, c, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.GELU())
+        self.mid = torch.nn.Sequential(
+            torch.nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, padding=2, dilation=2), torch.nn.GELU(),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, padding=4, dilation=4), torch.nn.GELU(),
+            torch.nn.Upsample(scale_factor=2, mode="bilinear"))
+        self.head = torch.nn.Conv2d(3 * c, 1, 1)
+
+    def forward(self, x):
+        a = self.down(x * 2 - 1)
+        return self.head(torch.cat([a, self.mid(a)], dim=1))
+
+
+def train_segmenter(images: torch.Tensor, regions: np.ndarray, seconds: float, seed: int) -> Segmenter:
+    """Fit the finding segmenter on real training images and their exact finding regions."""
+    torch.manual_seed(seed)
+    net = Segmenter()
+    target = torch.from_numpy(regions.astype(np.float32))[:, None]
+    pos = float(target.mean())
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    start, step = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        idx = torch.randint(0, len(images), (32,), generator=gen)
+        x, y = images[idx], target[idx]
+        if step % 2:  # left-right flips: findings occur on both sides
+            x, y = x.flip(-1), y.flip(-1)
+        loss = F.binary_cross_entropy_with_logits(net(x), y, pos_weight=torch.tensor((1 - pos) / max(pos, 1e-3)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+    print(f"  segmenter: {step} steps in {seconds:.0f} s, loss {float(loss.detach()):.3f}", file=sys.stderr)
+    return net.eval()
+
+
+@torch.no_grad()
+def detect(net: Segmenter, images: np.ndarray) -> np.ndarray:
+    """Finding probability maps of images (H, W) in [0, 1]."""
+    return torch.sigmoid(net(torch.from_numpy(np.asarray(images, np.float32))[:, None]))[:, 0].numpy()
+
+
+def score(evidence: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: did the peak of the evidence map hit the region; Dice of its top-|region| pixels."""
+    hits, dices = [], []
+    for e, m in zip(evidence, regions):
+        peak = np.unravel_index(np.argmax(e), e.shape)
+        hits.append(bool(m[peak]))
+        k = int(m.sum())
+        top = np.zeros(e.size, bool)
+        top[np.argsort(e.ravel())[::-1][:k]] = True
+        dices.append(2 * (top & m.ravel()).sum() / (top.sum() + m.sum()))
+    return np.array(hits), np.array(dices)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=800, help="phantom cases (80/10/10 split)")
+    p.add_argument("--render-size", type=int, default=64, help="phantom render size in px")
+    p.add_argument("--size", type=int, default=32, help="model image size in px (phantom images are resized)")
+    p.add_argument("--out", default="runs/bench_control", help="work folder (the phantom cohort is reused)")
+    p.add_argument("--condition", choices=("masks", "boxes"), default="masks")
+    p.add_argument("--base-seconds", type=float, default=210.0, help="training budget of the base model")
+    p.add_argument("--control-seconds", type=float, default=150.0, help="training budget of the adapter")
+    p.add_argument("--segmenter-seconds", type=float, default=45.0,
+                   help="training budget of the evaluation segmenter (real images only)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--patch", type=int, default=4, help="DiT patch size on the 16x16 latent (4 -> 16 tokens)")
+    p.add_argument("--test-cases", type=int, default=64)
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a shared, busy 2-core machine)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t0 = time.perf_counter()
+    out = Path(a.out)
+
+    cohort_dir = out / f"phantom_{a.render_size}_{a.n}_{a.seed}"
+    write_cohort(CohortConfig(n=a.n, size=a.render_size, seed=a.seed, prevalence="balanced", workers=1), cohort_dir,
+                 progress=False)
+    records = read_manifest(cohort_dir / "manifest.jsonl")
+    train = [r for r in records if r.split != "test"]
+    test = [r for r in records if r.split == "test"]
+    x_img, x_cond, x_region, x_text = load_split(train, cohort_dir, a.size, a.condition)
+    t_img, t_cond, t_region, t_text = load_split(test, cohort_dir, a.size, a.condition)
+    keep = [i for i in range(len(test)) if t_region[i].any() and t_region[i].mean() < 0.5][: a.test_cases]
+    print(f"cohort: {len(train)} train / {len(test)} test cases; {len(keep)} test cases with a finding region; "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    text_encoder = load_text_encoder(TextEncoderSpec(kind="minilm", max_length=32, embed_dim=384))
+    with torch.no_grad():
+        enc = text_encoder.encode(x_text)
+        t_enc = text_encoder.encode([t_text[i] for i in keep])
+    x_lat, x_ctl = encode(x_img), encode(x_cond)
+
+    base = ChexGenDiT(sample_size=a.size // FACTOR, patch_size=a.patch, in_channels=FACTOR * FACTOR,
+                      hidden_size=a.hidden, depth=a.depth, num_heads=4, caption_channels=384, max_text_len=32)
+
+    def batches(gen):
+        idx = torch.randint(0, len(x_lat), (a.batch_size,), generator=gen)
+        return {"latent_mean": x_lat[idx], "text": enc.embeddings[idx], "text_mask": enc.mask[idx],
+                "control": x_ctl[idx]}
+
+    print(f"training base ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M params) for {a.base_seconds:.0f} s",
+          file=sys.stderr)
+    base_steps = train_for(base, list(base.parameters()), batches, a.base_seconds,
+                           DiffusionObjective(latent_sampling="mean"), a.lr, a.seed, "base")
+    adapter = ChexGenControlNet.from_transformer(base)
+    model = ControlledDiT(base, adapter)
+    print(f"training adapter ({adapter.num_blocks} blocks, {sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M "
+          f"params; base frozen) for {a.control_seconds:.0f} s", file=sys.stderr)
+    objective = DiffusionObjective(latent_sampling="mean", extra_inputs=lambda b: {"control_latents": b["control"]})
+    control_steps = train_for(model, model.trainable_parameters(), batches, a.control_seconds, objective, a.lr,
+                              a.seed + 1, "adapter")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    print(f"training the finding segmenter (evaluation only) for {a.segmenter_seconds:.0f} s", file=sys.stderr)
+    segmenter = train_segmenter(x_img, x_region, a.segmenter_seconds, a.seed + 2)
+    regions = t_region[keep]
+    control = encode(t_cond[keep])
+    shape = tuple(control.shape[1:])
+    null = base.null_text(len(keep), mask_like=t_enc.mask)
+    results = {}
+    with torch.no_grad():
+        for name, adp in (("text only (base)", None), ("text + control", adapter)):
+            lat = denoise(control_model_fn(base, adp, control), (t_enc.embeddings, t_enc.mask), null,
+                          make_generators(range(1000, 1000 + len(keep))), shape, sampler="ddim",
+                          num_inference_steps=a.steps, guidance_scale=a.guidance)
+            results[name] = decode(lat)[:, 0].numpy()
+    real = t_img[keep, 0].numpy()
+    scored = {"real test images (segmenter ceiling)": score(detect(segmenter, real), regions)}
+    for name, imgs in results.items():
+        scored[name] = score(detect(segmenter, imgs), regions)
+    chance = float(regions.mean(axis=(1, 2)).mean())
+
+    print(f"\nControl benchmark: {a.condition} condition, phantom {a.size} px, {len(keep)} test cases, "
+          f"base {base_steps} steps / adapter {control_steps} steps (batch {a.batch_size}), "
+          f"DDIM {a.steps}, guidance {a.guidance}, {time.perf_counter() - t0:.0f} s total")
+    print(f"{'images':40s} {'hit rate':>9s} {'Dice':>7s}")
+    for name, (hits, dices) in scored.items():
+        print(f"{name:40s} {hits.mean():9.3f} {dices.mean():7.3f}")
+    print(f"{'chance (mean region area fraction)':40s} {chance:9.3f}")
+    from scipy.stats import binomtest, wilcoxon
+
+    (hit_b, dice_b), (hit_c, dice_c) = scored["text only (base)"], scored["text + control"]
+    only_c, only_b = int((hit_c & ~hit_b).sum()), int((hit_b & ~hit_c).sum())
+    p_hit = binomtest(only_c, only_c + only_b).pvalue if only_c + only_b else 1.0
+    p_dice = wilcoxon(dice_c, dice_b).pvalue if np.any(dice_c != dice_b) else 1.0
+    print(f"with / without control: hit rate x{hit_c.mean() / max(hit_b.mean(), 1e-9):.2f} "
+          f"(hit only with control {only_c}, only without {only_b}; sign test p={p_hit:.3f}), "
+          f"Dice x{dice_c.mean() / max(dice_b.mean(), 1e-9):.2f} (Wilcoxon p={p_dice:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
