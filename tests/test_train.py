@@ -153,3 +153,59 @@ def test_stage2_at_another_resolution_on_the_fly(prepared, tmp_path):
     assert not torch.equal(task.model.null_caption.data, s1["null_caption"])
     result = train(task)  # and it trains at 64 px, encoding batches on the fly
     assert result.step == 4 and torch.isfinite(torch.tensor(result.last_logs["loss"]))
+
+
+_DDP_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+torch.set_num_threads(1)
+from chexgen.training.config import TrainConfig, resolve_config
+from chexgen.training.diffusion_task import build_text_to_image_task
+from chexgen.training.trainer import make_accelerator, train
+cfg = resolve_config(TrainConfig, overrides=dict(data=sys.argv[1], output_dir=sys.argv[2], batch_size=2, max_steps=3,
+    transformer_overrides={"depth": 2, "hidden_size": 64, "num_heads": 2}, sample_prompts=[], export=False,
+    progress=False, checkpoint_every=2, lr_warmup_steps=0, log_every=1))
+acc = make_accelerator(cfg)
+task = build_text_to_image_task(cfg)
+result = train(task, acc)
+weights = {k: v.detach().contiguous() for k, v in task.model.state_dict().items()}
+save_file(weights, f"{sys.argv[2]}/rank{acc.process_index}.safetensors")
+print("world", acc.num_processes, "step", result.step)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_cpu_run_keeps_replicas_identical(prepared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, _, cache = prepared
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    out = tmp_path / "run"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.15 (multi-CPU needs
+    # mpirun there); torchrun starts two, and Accelerate picks up its environment (gloo, MULTI_CPU).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(script), str(cache), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("world 2 step 3") == 2
+    r0, r1 = (load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1))
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    saved = load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors"))
+    assert all(torch.equal(saved[k], r0[k]) for k in saved)
+    assert (out / "checkpoints" / "step-0000003" / "rng-rank01.pt").is_file()
+    step2 = load_file(str(out / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert not torch.equal(step2["backbone.proj_out.weight"], saved["backbone.proj_out.weight"])  # it did train
