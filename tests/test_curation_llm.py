@@ -185,3 +185,19 @@ def test_missing_configuration_is_a_clear_error(monkeypatch):
 def test_parse_report_sections():
     s = parse_report("**FINDINGS:** Small effusion.\nIMPRESSION: Effusion.")
     assert s == {"FINDINGS": "Small effusion.", "IMPRESSION": "Effusion."}
+
+
+def test_curate_command_with_llm_writer_and_cache(server, tmp_path):
+    from chexgen.cli import main
+    from chexgen.data.manifest import read_manifest
+
+    brain, url = server
+    args = ["curate", "--source", "nih", "--limit", "4", "--writer", "llm", "--llm-base-url", url,
+            "--llm-model", "fake", "--llm-qc", "--tokenizer", "none", "--no-plots", "--out", str(tmp_path / "l.jsonl")]
+    assert main(args) == 0
+    recs = read_manifest(tmp_path / "l.jsonl")
+    assert len(recs) == 4 and all(r.extra["qc"]["writer"] == "llm" and r.extra["qc"]["llm"]["consistent"] for r in recs)
+    assert "Cardiomegaly." in recs[0].report
+    sent = len(brain.requests)
+    assert main(args) == 0 and len(brain.requests) == sent  # the rerun is answered from the cache
+    assert (tmp_path / "l_llm_cache").is_dir()
