@@ -163,6 +163,20 @@ def test_paper_architectures_and_offline_imagenet_init(tmp_path, monkeypatch):
         assert torch.equal(model.net.conv1.weight, ref.conv1.weight)
         unet, init = build_model(ModelSpec("segmentation", 1, 32, arch="resnet18", width=4))
         assert init == "imagenet" and torch.equal(unet.net.encoder.conv1.weight, ref.conv1.weight)
+        # torchvision's DenseNet121 file uses the old key names ("norm.1"); they are mapped.
+        dref = torchvision.models.densenet121()
+        with torch.no_grad():  # BatchNorm starts at ones: give it values that prove the mapping
+            dref.features.denseblock1.denselayer1.norm1.weight.uniform_(0.5, 2.0)
+        old_keys = {k.replace("norm1", "norm.1").replace("conv2", "conv.2") if "denselayer" in k else k: v
+                    for k, v in dref.state_dict().items()}
+        assert any(".norm.1." in k for k in old_keys)
+        dname = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+        torch.save(old_keys, hub / "checkpoints" / dname)
+        dense, init = build_model(ModelSpec("classification", 2, 32))
+        assert init == "imagenet"
+        layer = dense.net.features.denseblock1.denselayer1
+        assert torch.equal(layer.norm1.weight, dref.features.denseblock1.denselayer1.norm1.weight)
+        assert torch.equal(layer.conv2.weight, dref.features.denseblock1.denselayer1.conv2.weight)
     finally:
         torch.hub.set_dir(old)
 
