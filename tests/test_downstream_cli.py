@@ -99,3 +99,22 @@ def test_config_errors_are_one_line(cohorts, capsys):
     assert main(["downstream", "augment", "--config", str(bad)]) == 2
     assert "unknown key(s) ['epochz']" in capsys.readouterr().err
     assert main(["downstream", "fairness", "--real", str(real), "--synthetic", str(syn), "--task", "segmentation"]) == 2
+
+
+@pytest.mark.parametrize("task,extra,metric", [
+    ("segmentation", {"arch": "resnet18", "width": 4}, "dice_pos"),
+    ("detection", {"arch": "resnet18", "width": 4, "classes": ["Lung Lesion"]}, "map50"),
+    ("regression", {"arch": "resnet18"}, "mae"),
+])
+def test_augment_runs_every_task(cohorts, task, extra, metric):
+    from chexgen.downstream.config import load_config
+    from chexgen.downstream.experiments import run_augment
+
+    root, real, syn = cohorts
+    cfg = load_config(None, {"experiment": "augment", "task": task, "real": str(real), "synthetic": str(syn),
+                             "output": str(root / f"out_{task}"), "seeds": [0], "multipliers": [1], "image_size": 32,
+                             "train.epochs": 1, "train.batch_size": 16, "train.device": "cpu", **extra})
+    res = run_augment(cfg)
+    runs = res["runs"]
+    assert runs["real+1x"][0]["n_synthetic"] == runs["real"][0]["n_train"]
+    assert metric in runs["real+1x"][0]["metrics"] and res["primary_metric"] in res["summaries"]["real"]

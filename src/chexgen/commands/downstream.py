@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--batch-size", type=int, default=None, help="Batch size.")
     o.add_argument("--lr", type=float, default=None, help="AdamW learning rate.")
     o.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+    o.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy machine).")
     o.add_argument("--progress", action="store_true", help="Show per-epoch progress bars.")
 
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "train.batch_size": args.batch_size,
         "train.lr": args.lr,
         "train.device": args.device,
+        "train.num_threads": args.num_threads,
         "train.progress": True if args.progress else None,
     }
     cfg = load_config(args.config, overrides)
