@@ -78,3 +78,17 @@ def test_parity_lifts_every_group_to_the_largest():
 @pytest.mark.parametrize("age,band", [(18, "<19"), (19, "19-40"), (40, "19-40"), (40.5, "41-65"), (65, "41-65"), (66, "66+"), (None, None)])
 def test_age_bands(age, band):
     assert age_band(age) == band
+
+
+def test_unlabelled_synthetic_records_get_labels_from_their_prompts():
+    from chexgen.downstream.config import label_from_prompts
+
+    recs = [
+        Record(id="a", synthetic=True, provenance={"prompt": "sex:Male, age:71.0, race:Black. Moderate cardiomegaly."}),
+        Record(id="b", synthetic=True, impression="Small right pleural effusion. No pneumothorax."),
+        Record(id="c", synthetic=True, labels={"Edema": 1}, impression="Cardiomegaly."),
+    ]
+    out = label_from_prompts(recs, "missing")
+    assert out[0].labels["Cardiomegaly"] == 1
+    assert out[1].labels["Pleural Effusion"] == 1 and out[1].labels["Pneumothorax"] == 0
+    assert out[2].labels == {"Edema": 1}  # already labelled: kept

@@ -20,6 +20,7 @@ config, with every default filled in, is written next to the results.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ from chexgen.downstream.models import ModelSpec
 from chexgen.downstream.trainer import TrainConfig
 from chexgen.errors import ChexgenError
 
-__all__ = ["ExperimentConfig", "load_config", "Cohort", "load_cohort", "EXPERIMENTS"]
+__all__ = ["ExperimentConfig", "load_config", "Cohort", "load_cohort", "label_from_prompts", "EXPERIMENTS"]
 
 EXPERIMENTS = ("augment", "pretrain", "fairness")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,9 @@ class ExperimentConfig:
     shots: list[int] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["imagenet", "scratch"])
     gradcam_cases: int = 4
+    # synthetic records without labels get them read from their prompt (provenance.prompt,
+    # else impression / report): "missing" (only unlabelled records), "always" or "never"
+    labels_from_prompts: str = "missing"
     # fairness
     attributes: list[str] = field(default_factory=lambda: ["sex", "age_band", "race"])
     intersections: bool = True
@@ -87,6 +93,8 @@ class ExperimentConfig:
             raise ChexgenError("fairness experiments are defined for task 'classification' (weighted F1 / AUROC)")
         if not self.seeds:
             raise ChexgenError("config 'seeds': give at least one seed")
+        if self.labels_from_prompts not in ("missing", "always", "never"):
+            raise ChexgenError(f"config 'labels_from_prompts': expected missing / always / never, got {self.labels_from_prompts!r}")
         if not 0 < self.real_fraction <= 1:
             raise ChexgenError(f"config 'real_fraction': expected (0, 1], got {self.real_fraction}")
         if self.task == "classification":
@@ -169,6 +177,28 @@ class Cohort:
     synthetic_test_root: Path | None
 
 
+def _prompt_of(r: Record) -> str | None:
+    prompt = (r.provenance or {}).get("prompt")
+    return prompt if isinstance(prompt, str) and prompt.strip() else (r.impression or r.report)
+
+
+def label_from_prompts(records: list[Record], mode: str = "missing") -> list[Record]:
+    """Fill synthetic records' labels from the text they were generated from (the paper's
+    "labels from the prompts"), using chexgen's report label extractor."""
+    if mode == "never":
+        return records
+    from chexgen.curation.extractor import extract_labels
+
+    filled = 0
+    for r in records:
+        if (mode == "always" or not any(v is not None for v in r.labels.values())) and _prompt_of(r):
+            r.labels = extract_labels(_prompt_of(r))
+            filled += 1
+    if filled:
+        log.info("labels of %d synthetic records read from their prompts", filled)
+    return records
+
+
 def load_cohort(cfg: ExperimentConfig) -> Cohort:
     """Read the manifests, split the real one and fill ``cfg.classes`` if it was left empty."""
     real_path = Path(cfg.real)
@@ -183,10 +213,11 @@ def load_cohort(cfg: ExperimentConfig) -> Cohort:
     if cfg.synthetic:
         sp = Path(cfg.synthetic)
         synth, synth_root = read_manifest(sp), sp.parent
+    synth = label_from_prompts(synth, cfg.labels_from_prompts)
     stest, stest_root = [], synth_root
     if cfg.synthetic_test:
         sp = Path(cfg.synthetic_test)
-        stest, stest_root = read_manifest(sp), sp.parent
+        stest, stest_root = label_from_prompts(read_manifest(sp), cfg.labels_from_prompts), sp.parent
     elif synth:
         stest = [r for r in synth if r.split == "test"]
         if stest:
