@@ -124,6 +124,7 @@ class VAETrainConfig(LoopConfig):
     ssim_weight: float = 0.2
     l1_weight: float = 1.0
     scaling_samples: int = 512  # images encoded to set scaling_factor = 1 / std(latents)
+    crop_size: int | None = None  # train on random square crops of this size (multiple of 8); None = whole image
     checkpoint_every: int = 0
 
 
@@ -297,6 +298,9 @@ def _validate(config: Any) -> None:
              f"latent_sampling must be 'sample' or 'mean', got {config.latent_sampling!r}")
         need(config.text_field in ("auto", "impression", "report"),
              f"text_field must be auto|impression|report, got {config.text_field!r}")
+    if isinstance(config, VAETrainConfig) and config.crop_size is not None:
+        need(config.crop_size >= 16 and config.crop_size % 8 == 0,
+             f"crop_size must be a multiple of 8 and >= 16, got {config.crop_size}")
     if hasattr(config, "resize_policy"):
         need(config.resize_policy in ("crop", "pad"), f"resize_policy must be crop|pad, got {config.resize_policy!r}")
 
@@ -368,6 +372,8 @@ HELP: dict[str, str] = {
     "kl_weight": "weight of the KL term",
     "ssim_weight": "weight of the (1 - SSIM) term",
     "l1_weight": "weight of the L1 term",
+    "crop_size": "train on random crops of this many px (e.g. 64 at 128 px: ~4x faster steps on CPU); "
+                 "none = whole images",
     "scaling_samples": "images encoded at export to set scaling_factor = 1 / std(latents)",
 }
 

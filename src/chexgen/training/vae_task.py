@@ -65,11 +65,19 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: in
 class VAEObjective:
     """L1 + SSIM + KL for a diffusers AutoencoderKL on gray images in [0, 1]."""
 
-    def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 0.2, kl_weight: float = 1e-6) -> None:
-        self.l1_weight, self.ssim_weight, self.kl_weight = l1_weight, ssim_weight, kl_weight
+    def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 0.2, kl_weight: float = 1e-6,
+                 crop: int | None = None) -> None:
+        self.l1_weight, self.ssim_weight, self.kl_weight, self.crop = l1_weight, ssim_weight, kl_weight, crop
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         images = batch["image"].float()
+        h, w = images.shape[-2:]
+        if self.crop and self.crop < min(h, w):
+            # One random window per batch: the VAE is convolutional, so crops teach the same
+            # local statistics at (size/crop)^2 less cost per step.
+            top = int(torch.randint(0, h - self.crop + 1, (1,), generator=generator, device=generator.device))
+            left = int(torch.randint(0, w - self.crop + 1, (1,), generator=generator, device=generator.device))
+            images = images[..., top : top + self.crop, left : left + self.crop]
         x = images * 2.0 - 1.0
         ae = model.module if hasattr(model, "module") else model
         posterior = ae.encode(x).latent_dist
@@ -174,7 +182,7 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record], manifest_root
     return TrainingTask(
         name="vae",
         model=vae.autoencoder,
-        loss_fn=VAEObjective(cfg.l1_weight, cfg.ssim_weight, cfg.kl_weight),
+        loss_fn=VAEObjective(cfg.l1_weight, cfg.ssim_weight, cfg.kl_weight, crop=cfg.crop_size),
         dataset=data,
         collate_fn=_stack_images,
         config=cfg,
