@@ -162,7 +162,8 @@ def test_two_process_cpu_run_shards_without_duplicates_or_gaps(tiny_pipeline_dir
     out = tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # torchrun (= what `accelerate launch --multi_gpu` runs); `accelerate launch --cpu` starts ONE process.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "chexgen.cli", "generate",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "chexgen.cli", "generate",
            "--model", str(tiny_pipeline_dir), "--prompts", str(prompts), "-n", "2", "--batch-size", "2",
            "--device", "cpu", "--out", str(out), *FAST]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
