@@ -111,6 +111,17 @@ def test_gradient_checkpointing_runs_backward():
     assert m.backbone.proj_out.weight.grad is not None
 
 
+def test_sample_size_128_does_not_switch_on_micro_conditioning():
+    # diffusers turns resolution/aspect-ratio conditioning on when sample_size == 128 (PixArt 1024 px);
+    # PixArt-alpha 256/512 and ChexGen do not use it.
+    m = ChexGenDiT(**{**KW, "sample_size": 128, "patch_size": 16})
+    assert m.backbone.use_additional_conditions is False
+    assert not any("resolution_embedder" in n for n, _ in m.named_parameters())
+    with torch.no_grad():
+        out = m(torch.randn(1, 4, 128, 128), torch.tensor([3]), torch.randn(1, 6, 16))
+    assert out.shape == (1, 8, 128, 128)
+
+
 def test_bad_config_is_rejected():
     from chexgen.errors import ChexgenError
 

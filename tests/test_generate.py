@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from PIL import Image
 from chexgen.cli import main
 from chexgen.data.imageio import load_gray, read_png_text
 from chexgen.data.manifest import Record, read_manifest, write_manifest
-from chexgen.generation import plan_images, read_prompts, shard, PromptItem
+from chexgen.generation import PromptItem, plan_images, read_prompts, shard
 
 FAST = ["--steps", "2", "--no-progress"]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,11 +41,12 @@ __all__ = [
     "shard",
     "generate_to_folder",
     "build_manifest",
+    "make_record",
+    "check_settings",
+    "prompts_digest",
     "SYNTHETIC_KEY",
     "PROVENANCE_KEY",
 ]
-
-logger = logging.getLogger(__name__)
 
 SYNTHETIC_KEY = "chexgen:synthetic"
 PROVENANCE_KEY = "chexgen:provenance"
