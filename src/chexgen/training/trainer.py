@@ -307,7 +307,8 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
             bar.set_postfix(loss=f"{last_logs['loss']:.4f}", refresh=False)
             sums, count = {}, 0
 
-        if budget_s is not None:
+        if budget_s is not None and (world == 1 or state.step % cfg.log_every == 0):
+            # all processes must stop at the same step: with several, agree once per log interval
             over = torch.tensor(float(time.perf_counter() - session_start >= budget_s), device=device)
             if world > 1:
                 over = accelerator.reduce(over, reduction="sum")
