@@ -22,7 +22,7 @@ To fit a CPU budget the VAE is replaced by an exact space-to-depth latent
 (learned-variance loss with caption dropout), CFG sampler and control path are
 chexgen's own.
 
-    python benchmarks/control.py                      # ~6 min on 2 CPU cores
+    python benchmarks/control.py                      # ~8 min on 2 busy CPU cores
     python benchmarks/control.py --condition boxes    # box control instead of masks
     python benchmarks/control.py --base-seconds 1200 --control-seconds 1200 --n 3000   # stronger
 """

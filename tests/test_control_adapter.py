@@ -163,3 +163,22 @@ def test_save_load_round_trip_and_compatibility(tmp_path):
         ControlledDiT(other, loaded)
     with pytest.raises(ChexgenError, match="adapter folder not found"):
         load_controlnet(str(tmp_path / "nowhere"))
+
+
+def test_xl_adapter_matches_the_official_layout_on_the_meta_device():
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        dit = ChexGenDiT.from_preset("xl2-512")
+        adapter = ChexGenControlNet(num_blocks=default_num_control_blocks(dit.config.depth), base_depth=28,
+                                    hidden_size=1152, num_heads=16, cross_attention_dim=1152)
+    adapter.check_compatible(dit)
+    assert adapter.num_blocks == 13
+    shapes = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    assert shapes["controlnet.0.before_proj.weight"] == (1152, 1152)
+    assert shapes["controlnet.12.after_proj.weight"] == (1152, 1152)
+    base_block = {k: tuple(v.shape) for k, v in dit.backbone.transformer_blocks[0].state_dict().items()}
+    for i in range(13):
+        copied = {k[len(f"controlnet.{i}.copied_block."):]: v for k, v in shapes.items()
+                  if k.startswith(f"controlnet.{i}.copied_block.")}
+        assert copied == base_block
