@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "spatial control",
-        "Place findings where a mask or a box says (needs --control-model). Each condition yields one image per "
-        "prompt pairing: one prompt for all conditions, one prompt per condition, or the manifest's own text.",
+        "Place findings where a mask or a box says (needs --control-model). One image per condition (times "
+        "--num-images-per-prompt); prompts: one for all conditions, one per condition, or the manifest's own text.",
     )
     g.add_argument("--control-model", metavar="DIR",
                    help="ControlNet adapter folder (from chexgen train-control); its base is --model, else the base "
@@ -38,7 +38,7 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-classes", metavar="V=NAME,...",
                    help="read mask PNGs as label maps: pixel value -> class, e.g. '1=lungs,2=heart,3=Nodule'")
     g.add_argument("--mask-threshold", type=float, default=None,
-                   help="binarise non-binary masks at this fraction of their maximum (default: reject them)")
+                   help="binarise non-binary masks at this fraction of their maximum (unset: a non-binary mask is an error)")
     g.add_argument("--mask-size", type=int, nargs=2, metavar=("W", "H"), default=(1024, 1024),
                    help="image size the RLE strings refer to")
     g.add_argument("--include-empty-masks", action="store_true",
