@@ -110,7 +110,8 @@ def read_rle_csv(
     """Conditions from a SIIM-style RLE CSV (first column image id, second the RLE).
 
     Rows of the same image are united into one mask; images appear in file order.
-    ``-1`` (no pneumothorax) images are skipped unless ``include_empty``.
+    ``-1`` (no pneumothorax) images are skipped unless ``include_empty``; ``limit``
+    counts the images kept.
     """
     path = Path(path)
     resolve_class(class_name)
@@ -126,6 +127,8 @@ def read_rle_csv(
             if len(row) < 2:
                 raise ChexgenError(f"{path}: line {lineno}: expected 2 columns (id, rle), got {row}")
             image_id, rle = row[0].strip(), row[1]
+            if rle.strip() == "-1" and not include_empty:
+                continue  # "no pneumothorax": not a condition unless asked for (and not counted by limit)
             if image_id not in merged and limit is not None and len(merged) >= limit:
                 break
             m = decode_rle(rle, width, height, where=f"{path}: line {lineno}")
