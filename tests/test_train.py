@@ -59,6 +59,26 @@ def test_config_layers_defaults_preset_file_cli(tmp_path):
         resolve_config(TrainConfig, overrides={"batch_size": 2.5})
 
 
+def test_every_config_key_is_a_documented_option():
+    import argparse
+    from dataclasses import fields
+
+    from chexgen.commands import train as train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in fields(TrainConfig):
+        assert f.name in actions and actions[f.name].help, f.name
+    args = parser.parse_args(["c", "--batch-size", "3", "--no-resume", "--set", "ema_decay=0.5",
+                              "--transformer-overrides", "{depth: 1}"])
+    from chexgen.training.config import config_from_args
+
+    cfg = config_from_args(args, TrainConfig, extra={"data": args.data})
+    assert (cfg.data, cfg.batch_size, cfg.resume, cfg.ema_decay, cfg.transformer_overrides) == ("c", 3, False, 0.5,
+                                                                                               {"depth": 1})
+
+
 def test_epoch_sampler_splits_ranks_and_resumes():
     ranks = [EpochBatchSampler(10, 2, world_size=2, rank=r, seed=3) for r in range(2)]
     epoch = [list(s) for s in ranks]

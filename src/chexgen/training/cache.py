@@ -73,6 +73,7 @@ __all__ = [
     "CachedFeatures",
     "collate_features",
     "RecordImages",
+    "iter_ids",
 ]
 
 log = logging.getLogger(__name__)

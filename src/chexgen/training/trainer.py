@@ -260,11 +260,16 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
     def sample_grid() -> None:
         if is_main and task.sample_fn is not None:
             unwrapped.eval()
-            with ema.applied(unwrapped), torch.no_grad():
-                images = task.sample_fn(unwrapped)
-            unwrapped.train()
-            grid = _save_grid(images, out / "samples" / f"step-{state.step:07d}.png")
-            writer.add_image("samples", grid[:1], state.step)
+            try:
+                with ema.applied(unwrapped), torch.no_grad():
+                    images = task.sample_fn(unwrapped)
+                grid = _save_grid(images, out / "samples" / f"step-{state.step:07d}.png")
+                writer.add_image("samples", grid[:1], state.step)
+            except (ChexgenError, RuntimeError, OSError, ValueError) as err:
+                # a preview must not end a long run (e.g. the text encoder is not available here)
+                log.warning("%s: sample grid at step %d failed: %s", task.name, state.step, err)
+            finally:
+                unwrapped.train()
         accelerator.wait_for_everyone()
 
     final_checkpoint = None
