@@ -1,4 +1,8 @@
-"""``chexgen downstream augment|pretrain|fairness --config CFG.yaml``: paper-style downstream experiments."""
+"""``chexgen downstream augment|pretrain|fairness --config CFG.yaml``: paper-style downstream experiments.
+
+``chexgen downstream classifier --real M --output DIR`` trains and saves one classifier (e.g. the
+phantom classifier the demo evaluates with), loadable by ``chexgen evaluate --features DIR``.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ def _strs(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", choices=("augment", "pretrain", "fairness"),
+    parser.add_argument("experiment", choices=("augment", "pretrain", "fairness", "classifier"),
                         help="augment: real vs real + k x synthetic; pretrain: pretrain on synthetic, fine-tune on real "
-                             "fractions / k-shot; fairness: subgroup metrics, real vs synthetic, parity mitigation.")
+                             "fractions / k-shot; fairness: subgroup metrics, real vs synthetic, parity mitigation; "
+                             "classifier: train one multi-label classifier on --real (train / val / test splits) and "
+                             "save it to --output as a folder `chexgen evaluate --features` loads.")
     parser.add_argument("--config", default=None, help="YAML experiment config (keys as in ExperimentConfig); "
                         "options below override it.")
     o = parser.add_argument_group("overrides")
@@ -57,7 +63,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--progress", action="store_true", help="Show per-epoch progress bars.")
 
 
+def _run_classifier(args: argparse.Namespace) -> int:
+    from chexgen.downstream.classifier import train_classifier
+    from chexgen.downstream.trainer import TrainConfig
+    from chexgen.errors import ChexgenError
+
+    if not args.real or not args.output:
+        raise ChexgenError("downstream classifier needs --real MANIFEST and --output DIR")
+    cfg = TrainConfig(progress=args.progress)
+    for key, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                       ("device", args.device), ("num_threads", args.num_threads)):
+        if value is not None:
+            setattr(cfg, key, value)
+    seed = args.seeds[0] if args.seeds else 0
+    saved = train_classifier(args.real, args.output, classes=args.classes, arch=args.arch or "resnet18",
+                             image_size=args.image_size or 128, init=args.init or "auto", train_config=cfg, seed=seed)
+    metrics = saved["test_metrics"]
+    print(f"classifier ({saved['arch']}, {saved['init']} init) saved to {args.output}; "
+          f"test macro AUROC {metrics.get('auroc_macro', float('nan')):.3f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.experiment == "classifier":
+        return _run_classifier(args)
     from chexgen.downstream.config import load_config
     from chexgen.downstream.experiments import run_experiment
 

@@ -9,7 +9,13 @@ ImageNet init), ``metrics``, ``trainer`` (one loop for the four tasks), ``sampli
 cohort with exact answers for tests and demos.
 """
 
+from chexgen.downstream.classifier import FeatureClassifier, load_classifier, save_classifier, train_classifier
 from chexgen.downstream.config import ExperimentConfig, load_config
 from chexgen.downstream.experiments import run_augment, run_experiment, run_fairness, run_pretrain
 
-__all__ = ["ExperimentConfig", "load_config", "run_experiment", "run_augment", "run_pretrain", "run_fairness"]
+__all__ = [
+    "FeatureClassifier",
+    "load_classifier",
+    "save_classifier",
+    "train_classifier",
+    "ExperimentConfig", "load_config", "run_experiment", "run_augment", "run_pretrain", "run_fairness"]
