@@ -1,0 +1,57 @@
+"""``chexgen demo``: generate with the bundled phantom-trained model, evaluate, write one HTML report."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from chexgen.demo import DemoConfig
+
+    d = DemoConfig()
+    p.add_argument("--out", default=d.out, help="Output folder: report.html, metrics.json, images/, "
+                   "synthetic_manifest.jsonl and the held-out phantom cohort.")
+    p.add_argument("--model", default=None, help="A demo model folder (pipeline/ + classifier/ + prevalence.yaml) or a "
+                   "pipeline folder; default: the model bundled with chexgen.")
+    p.add_argument("--classifier", default=None, help="Classifier folder used for the metrics (default: <model>/classifier).")
+    p.add_argument("--n-heldout", type=int, default=d.n_heldout,
+                   help="Held-out phantom cases rendered as the real reference; one image is generated per case.")
+    p.add_argument("--heldout-seed", type=int, default=d.heldout_seed,
+                   help="Seed of the held-out phantom cohort (the bundled model was trained on seed 0).")
+    p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt,
+                   help="Images per showcase prompt and per real NLMCXR impression.")
+    p.add_argument("--n-nlmcxr", type=int, default=d.n_nlmcxr,
+                   help="Real impressions taken from the Indiana University reports shipped by torchxrayvision (0 = none).")
+    p.add_argument("--sampler", default=d.sampler, help="Sampler: ddim, iddpm, dpmsolver++ or official.")
+    p.add_argument("--steps", type=int, default=d.steps, help="Sampling steps.")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="Classifier-free guidance scale.")
+    p.add_argument("--seed", type=int, default=d.seed, help="Base seed of the generated images.")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Images per sampling batch.")
+    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="Bootstrap draws for confidence intervals.")
+    p.add_argument("--device", default=d.device, help="Torch device (cpu, cuda).")
+    p.add_argument("--workers", type=int, default=d.workers, help="Processes rendering the held-out phantom cohort.")
+    p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from chexgen.demo import DemoConfig, run_demo
+    from chexgen.errors import ChexgenError
+
+    if args.n_heldout < 8:
+        raise ChexgenError(f"--n-heldout must be at least 8 (FID and AUROC need a few cases), got {args.n_heldout}")
+    if args.images_per_prompt < 1:
+        raise ChexgenError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+    if args.device == "cpu":
+        torch.set_flush_denormal(True)
+    cfg = DemoConfig(out=args.out, model=args.model, classifier=args.classifier, n_heldout=args.n_heldout,
+                     heldout_seed=args.heldout_seed, images_per_prompt=args.images_per_prompt,
+                     n_nlmcxr=args.n_nlmcxr, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                     seed=args.seed, batch_size=args.batch_size, bootstrap=args.bootstrap, device=args.device,
+                     workers=args.workers, progress=not args.no_progress)
+    html = run_demo(cfg)
+    print(f"chexgen demo: report written to {html.resolve()}")
+    return 0

@@ -1,0 +1,309 @@
+"""``chexgen demo``: the bundled phantom-trained model, end to end, in one HTML report.
+
+What a run does (each step shows progress):
+
+1. loads the bundled pipeline (``chexgen/assets/demo/pipeline``: a tiny DiT, the
+   gray VAE it was trained with, and the offline MiniLM text encoder) or any
+   pipeline folder given with ``--model``;
+2. renders a *held-out* phantom cohort (another seed than the training cohort,
+   same finding recipe) whose exact labels are the ground truth;
+3. generates one image from the impression of every held-out case (paired with
+   its source), a few images per showcase prompt (one per finding the model
+   knows), and a few images per real radiology impression read at run time from
+   the Indiana University reports (NLMCXR) that torchxrayvision ships;
+4. evaluates the generated images against the held-out phantom images with the
+   phantom-trained classifier shipped beside the model (FID on its features,
+   per-class AUROC against the prompts' labels, Pearson correlation of scores,
+   diversity, memorisation), next to two references: the same classifier on the
+   real held-out images, and the FID between two halves of the real set;
+5. writes ``report.html`` + ``metrics.json`` (and the images with a synthetic
+   manifest) into the output folder and returns the report path.
+
+The same :func:`evaluate_demo_model` backs ``benchmarks/demo_quality.py`` with a
+larger held-out set.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from chexgen.data.labels import LABELS
+from chexgen.data.manifest import Record, write_manifest
+from chexgen.errors import ChexgenError
+
+__all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
+
+log = logging.getLogger(__name__)
+
+BUNDLED = Path(__file__).resolve().parent / "assets" / "demo"
+RETRAIN_HINT = "retrain it with `bash scripts/train_demo_model.sh` (see src/chexgen/assets/demo/MODEL_CARD.md)"
+
+
+def bundled_model_dir() -> Path:
+    """The folder of the bundled demo model (pipeline/, classifier/, prevalence.yaml, MODEL_CARD.md)."""
+    return BUNDLED
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``chexgen demo`` (defaults fit in a few minutes on 2 CPU cores)."""
+
+    out: str = "chexgen-demo"
+    model: str | None = None  # a demo model folder (pipeline/ + classifier/) or a pipeline folder
+    classifier: str | None = None  # default: <model>/classifier
+    n_heldout: int = 64  # held-out phantom cases rendered as the real reference
+    heldout_seed: int = 1000  # the bundled model was trained on phantom seed 0
+    images_per_prompt: int = 4  # for showcase and NLMCXR prompts
+    n_nlmcxr: int = 4  # real impressions from torchxrayvision's NLMCXR reports
+    sampler: str = "dpmsolver++"
+    steps: int = 20
+    guidance: float = 4.0
+    seed: int = 0
+    batch_size: int = 16
+    bootstrap: int = 200
+    device: str = "cpu"
+    workers: int = 2
+    progress: bool = True
+
+
+def _resolve_model(cfg: DemoConfig) -> tuple[Path, Path | None, Path | None]:
+    """(pipeline folder, classifier folder or None, prevalence file or None)."""
+    root = Path(cfg.model) if cfg.model else BUNDLED
+    if not root.exists():
+        raise ChexgenError(f"{root}: model folder not found")
+    pipeline = root / "pipeline" if (root / "pipeline" / "chexgen_config.json").is_file() else root
+    if not (pipeline / "chexgen_config.json").is_file():
+        if cfg.model is None:
+            raise ChexgenError(f"the bundled demo model is missing from {BUNDLED}; {RETRAIN_HINT}")
+        raise ChexgenError(f"{root}: not a chexgen pipeline folder (no chexgen_config.json)")
+    classifier = Path(cfg.classifier) if cfg.classifier else root / "classifier"
+    if not (classifier / "config.json").is_file():
+        if cfg.classifier:
+            raise ChexgenError(f"{classifier}: not a chexgen classifier folder")
+        classifier = None
+    prevalence = root / "prevalence.yaml"
+    return pipeline, classifier, prevalence if prevalence.is_file() else None
+
+
+def nlmcxr_prompts(n: int, trained: Sequence[str], seed: int = 0, max_words: int = 25) -> list[Record]:
+    """``n`` short real impressions (Indiana University reports shipped by torchxrayvision, read now).
+
+    Preference goes to impressions whose MeSH labels fall within the findings the model was trained
+    on (``trained``), so the comparison is meaningful; returns fewer when the archive is missing.
+    """
+    if n <= 0:
+        return []
+    try:
+        from chexgen.data.sources.nlmcxr import load_nlmcxr
+
+        records = load_nlmcxr().records
+    except (ChexgenError, OSError) as e:
+        log.warning("NLMCXR reports not available (%s); the demo runs without real prompts", e)
+        return []
+    known = set(trained) | {"No Finding"}
+    good = []
+    for r in records:
+        imp = (r.impression or "").strip()
+        positives = {k for k, v in r.labels.items() if v == 1}
+        if not imp or len(imp.split()) > max_words or not positives or not positives <= known:
+            continue
+        good.append(r)
+    rng = random.Random(seed)
+    rng.shuffle(good)
+    # one normal impression, the rest with findings
+    normal = [r for r in good if r.labels.get("No Finding") == 1][:1]
+    abnormal = [r for r in good if r.labels.get("No Finding") != 1][: max(0, n - len(normal))]
+    return (normal + abnormal)[:n]
+
+
+def _showcase(heldout: Sequence[Record], trained: Sequence[str]) -> list[Record]:
+    """One held-out case per trained finding whose only positive label is that finding, plus a normal one."""
+    out: list[Record] = []
+    for name in ["No Finding", *trained]:
+        for r in heldout:
+            pos = [k for k, v in r.labels.items() if v == 1]
+            if pos == [name] and r.impression:
+                out.append(r)
+                break
+    return out
+
+
+def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], cfg: DemoConfig, desc: str) -> np.ndarray:
+    if not prompts:
+        return np.zeros((0, pipe.config.resolution, pipe.config.resolution), np.float32)
+    out = pipe(list(prompts), seeds=list(seeds), sampler=cfg.sampler, num_inference_steps=cfg.steps,
+               guidance_scale=cfg.guidance, batch_size=cfg.batch_size, progress=cfg.progress)
+    log.info("%s: %d images", desc, len(prompts))
+    return out.images[:, 0].float().numpy()
+
+
+def _synthetic_records(sources: Sequence[Record], prompts: Sequence[str], seeds: Sequence[int], images: np.ndarray,
+                       out: Path, group: str, provenance: dict[str, Any]) -> list[Record]:
+    from chexgen.data.imageio import save_png
+
+    recs = []
+    for k, (src, prompt, seed, img) in enumerate(zip(sources, prompts, seeds, images)):
+        rid = f"{group}_{k:04d}"
+        rel = f"images/{group}/{rid}.png"
+        save_png(out / rel, img, text={"chexgen:synthetic": "true", "chexgen:prompt": prompt, "chexgen:seed": str(seed)})
+        recs.append(Record(
+            id=rid, image=rel, dataset="chexgen-demo", view=src.view, sex=src.sex, age=src.age, race=src.race,
+            width=img.shape[1], height=img.shape[0], labels=dict(src.labels), impression=prompt, synthetic=True,
+            provenance={**provenance, "prompt": prompt, "seed": int(seed)}, extra={"source_id": src.id},
+        ))
+    return recs
+
+
+def evaluate_demo_model(
+    classifier,
+    heldout: Sequence[Record],
+    heldout_images: np.ndarray,
+    synthetic: Sequence[Record],
+    synthetic_images: np.ndarray,
+    trained: Sequence[str],
+    bootstrap: int = 200,
+    progress: bool = True,
+) -> tuple[dict, list]:
+    """Evaluation suite on (held-out real, generated-from-their-prompts) plus the demo's references.
+
+    Returns ``(results, figures)``. ``results["demo"]`` holds the quality-bar numbers: mean per-class AUROC of
+    the classifier on generated images (prompt labels) over the trained findings, the same on the real held-out
+    images (true labels), FID real vs generated and FID between two halves of the real set.
+    """
+    from chexgen.evaluation.correctness import compute_per_class_auroc
+    from chexgen.evaluation.features import ClassifierExtractor
+    from chexgen.evaluation.fid import compute_fid
+    from chexgen.evaluation.matching import label_matrix
+    from chexgen.evaluation.suite import EvaluationConfig, evaluate_sets, set_from_arrays
+
+    ext = ClassifierExtractor(classifier, input_size=classifier.input_size, class_names=classifier.class_names,
+                              name="phantom classifier")
+    ecfg = EvaluationConfig(bootstrap=bootstrap, distribution_bootstrap=min(50, bootstrap), analysis_size=128,
+                            progress=progress, tsne_max=500)
+    real = set_from_arrays(list(heldout), list(heldout_images), ext, ecfg, name="held-out phantom")
+    syn = set_from_arrays(list(synthetic), list(synthetic_images), ext, ecfg, name="generated")
+    results, figures = evaluate_sets(real, syn, ecfg, extractor_info={"kind": "classifier", "classes": ext.class_names})
+
+    cols = [LABELS.index(c) for c in trained]
+
+    def per_class(scores: np.ndarray, recs: Sequence[Record]) -> dict[str, float]:
+        res = compute_per_class_auroc(scores[:, cols], label_matrix(recs)[:, cols], class_names=list(trained))
+        return {c: res[c] for c in trained}
+
+    gen_auc = per_class(syn.features.scores, synthetic)
+    real_auc = per_class(real.features.scores, heldout)
+    rf = real.features.features
+    half = len(rf) // 2
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(rf))
+    results["demo"] = {
+        "trained_findings": list(trained),
+        "auroc_generated_per_class": gen_auc,
+        "auroc_real_per_class": real_auc,
+        "auroc_generated_mean": _nanmean(gen_auc.values()),
+        "auroc_real_mean": _nanmean(real_auc.values()),
+        "fid_real_vs_generated": float(compute_fid(rf, syn.features.features)),
+        "fid_real_half_vs_half": float(compute_fid(rf[perm[:half]], rf[perm[half:]])),
+        "n_real": len(heldout),
+        "n_generated": len(synthetic),
+    }
+    return results, figures
+
+
+def _nanmean(values) -> float:
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_prompt: int, section: str):
+    from chexgen.evaluation.plots import grid_png
+    from chexgen.evaluation.report import Figure
+
+    rows = [list(images[i * per_prompt:(i + 1) * per_prompt]) for i in range(len(prompts))]
+    caption = " | ".join(f"row {i + 1}: “{p}”" for i, p in enumerate(prompts))
+    return Figure(title, grid_png(rows), caption, section=section, alt=title)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run the demo (see module doc); returns the path of ``report.html``."""
+    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.data.imageio import load_gray
+    from chexgen.data.manifest import read_manifest
+    from chexgen.downstream.classifier import load_classifier
+    from chexgen.evaluation.report import write_report
+    from chexgen.pipeline import ChexGenPipeline
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    pipeline_dir, classifier_dir, prevalence = _resolve_model(cfg)
+    if classifier_dir is None:
+        raise ChexgenError(f"no phantom classifier found beside {pipeline_dir} (expected classifier/config.json); "
+                           "give one with --classifier")
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("demo: model %s", pipeline_dir)
+    pipe = ChexGenPipeline.from_pretrained(pipeline_dir).to(cfg.device)
+    classifier = load_classifier(classifier_dir)
+    trained = [c for c in classifier.class_names if c != "No Finding"]
+
+    # 1. held-out phantom cohort: the ground truth the generated images are compared with
+    cohort = CohortConfig(n=cfg.n_heldout, size=pipe.config.resolution, seed=cfg.heldout_seed,
+                          prevalence=str(prevalence) if prevalence else "mimic", workers=cfg.workers)
+    info = write_cohort(cohort, out / "heldout_phantom", progress=cfg.progress)
+    heldout = read_manifest(info["manifest"])
+    root = Path(info["manifest"]).parent
+    heldout_images = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])
+
+    provenance = {"model": str(pipeline_dir), "checkpoint_sha256": pipe.checkpoint_sha256(), "sampler": cfg.sampler,
+                  "steps": cfg.steps, "guidance": cfg.guidance}
+    # 2. generate: paired set, showcase prompts, real NLMCXR impressions
+    paired_prompts = [r.impression or r.report or "" for r in heldout]
+    paired_seeds = [cfg.seed + i for i in range(len(heldout))]
+    paired = _generate(pipe, paired_prompts, paired_seeds, cfg, "paired with held-out cases")
+    syn_records = _synthetic_records(heldout, paired_prompts, paired_seeds, paired, out, "paired", provenance)
+
+    k = cfg.images_per_prompt
+    show = _showcase(heldout, trained)
+    show_prompts = [r.impression for r in show for _ in range(k)]
+    show_seeds = [cfg.seed + 10_000 + i for i in range(len(show_prompts))]
+    show_images = _generate(pipe, show_prompts, show_seeds, cfg, "showcase")
+    nlm = nlmcxr_prompts(cfg.n_nlmcxr, trained, seed=cfg.seed)
+    nlm_prompts = [r.impression for r in nlm for _ in range(k)]
+    nlm_seeds = [cfg.seed + 20_000 + i for i in range(len(nlm_prompts))]
+    nlm_images = _generate(pipe, nlm_prompts, nlm_seeds, cfg, "NLMCXR impressions")
+    extra_records = (
+        _synthetic_records([r for r in show for _ in range(k)], show_prompts, show_seeds, show_images, out,
+                           "showcase", provenance)
+        + _synthetic_records([r for r in nlm for _ in range(k)], nlm_prompts, nlm_seeds, nlm_images, out,
+                             "nlmcxr", provenance)
+    )
+    for r in extra_records[len(show_prompts):]:
+        r.extra["source"] = "nlmcxr (torchxrayvision)"
+    write_manifest(out / "synthetic_manifest.jsonl", syn_records + extra_records)
+
+    # 3. evaluate and report
+    results, figures = evaluate_demo_model(classifier, heldout, heldout_images, syn_records, paired, trained,
+                                           bootstrap=cfg.bootstrap, progress=cfg.progress)
+    figures = list(figures)
+    if show:
+        figures.insert(0, _prompt_grid("Showcase: one prompt per finding", [r.impression for r in show], show_images,
+                                       k, "Generated images per prompt"))
+    if nlm:
+        figures.insert(1, _prompt_grid("Real radiology impressions (Indiana University / NLMCXR)",
+                                       [r.impression for r in nlm], nlm_images, k, "Generated images per prompt"))
+    results["demo"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["demo"]["config"] = asdict(cfg)
+    results["demo"]["classifier"] = str(classifier_dir)
+    _, html = write_report(out, results, figures, title="chexgen demo: bundled phantom-trained model")
+    d = results["demo"]
+    log.info("demo: AUROC generated %.3f (real %.3f); FID real-vs-generated %.2f (real halves %.2f); %.0f s",
+             d["auroc_generated_mean"], d["auroc_real_mean"], d["fid_real_vs_generated"], d["fid_real_half_vs_half"],
+             d["wall_seconds"])
+    return html

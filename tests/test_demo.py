@@ -1,0 +1,69 @@
+"""`chexgen demo` end to end on a tiny random model (the bundled model is exercised by benchmarks/demo_quality.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from chexgen.cli import main
+from chexgen.data.imageio import read_png_text
+from chexgen.data.manifest import read_manifest
+from chexgen.demo import DemoConfig, bundled_model_dir, nlmcxr_prompts, run_demo
+from chexgen.downstream.classifier import save_classifier
+from chexgen.downstream.models import ModelSpec, build_model
+from chexgen.errors import ChexgenError
+
+from conftest import make_tiny_pipeline
+
+CLASSES = ["Cardiomegaly", "Pleural Effusion"]
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory, tiny_t5_dir):
+    root = tmp_path_factory.mktemp("demo_model")
+    make_tiny_pipeline(tiny_t5_dir, resolution=64).save_pretrained(root / "pipeline")
+    spec = ModelSpec(task="classification", num_outputs=len(CLASSES), image_size=64, arch="densenet-tiny",
+                     init="scratch")
+    model, _ = build_model(spec)
+    save_classifier(model, spec, CLASSES, root / "classifier", {"init": "scratch"})
+    (root / "prevalence.yaml").write_text("Cardiomegaly: 0.5\nPleural Effusion: 0.5\nmax_findings: 2\n")
+    return root
+
+
+def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
+    out = tmp_path / "demo"
+    code = main(["demo", "--model", str(demo_model), "--out", str(out), "--n-heldout", "10", "--images-per-prompt", "2",
+                 "--n-nlmcxr", "2", "--steps", "2", "--bootstrap", "20", "--workers", "1", "--no-progress"])
+    assert code == 0
+    html = (out / "report.html").read_text()
+    assert "<table" in html and html.count("data:image/png;base64,") >= 3
+    assert "Showcase" in html and "NLMCXR" in html
+    metrics = json.loads((out / "metrics.json").read_text())
+    demo = metrics["demo"]
+    assert demo["n_real"] == 10 and demo["n_generated"] == 10
+    assert set(demo["auroc_real_per_class"]) == set(CLASSES)
+    assert np.isfinite(demo["fid_real_vs_generated"]) and np.isfinite(demo["fid_real_half_vs_half"])
+    # a random generator is far from the real phantom images; two halves of the real set are close
+    assert demo["fid_real_vs_generated"] > demo["fid_real_half_vs_half"]
+    syn = read_manifest(out / "synthetic_manifest.jsonl")
+    paired = [r for r in syn if r.id.startswith("paired_")]
+    assert len(paired) == 10 and all(r.synthetic and r.extra["source_id"].startswith("phantom_") for r in paired)
+    assert len([r for r in syn if r.id.startswith("nlmcxr_")]) == 4
+    text = read_png_text(out / paired[0].image)
+    assert text["chexgen:synthetic"] == "true" and text["chexgen:prompt"] == paired[0].impression
+
+
+def test_nlmcxr_prompts_are_real_and_within_trained_findings():
+    recs = nlmcxr_prompts(3, ["Cardiomegaly", "Pleural Effusion"], seed=1)
+    assert len(recs) == 3
+    for r in recs:
+        assert r.impression and len(r.impression.split()) <= 25
+        assert {k for k, v in r.labels.items() if v == 1} <= {"No Finding", "Cardiomegaly", "Pleural Effusion"}
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ChexgenError, match="not a chexgen pipeline folder"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), model=str(tmp_path)))
+    assert not (tmp_path / "o").exists()
+    assert main(["demo", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 2
+    assert bundled_model_dir().name == "demo"
