@@ -67,3 +67,29 @@ def test_missing_model_is_a_clear_error(tmp_path):
     assert not (tmp_path / "o").exists()
     assert main(["demo", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 2
     assert bundled_model_dir().name == "demo"
+
+
+def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
+    import torch
+
+    from chexgen.downstream.classifier import load_classifier
+    from chexgen.pipeline import ChexGenPipeline
+
+    dest = tmp_path / "packed"
+    code = main(["demo", "--pack-pipeline", str(demo_model / "pipeline"), "--pack-classifier",
+                 str(demo_model / "classifier"), "--pack-prevalence", str(demo_model / "prevalence.yaml"),
+                 "--pack-to", str(dest)])
+    assert code == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(str(dest / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    a = ChexGenPipeline.from_pretrained(demo_model / "pipeline")
+    b = ChexGenPipeline.from_pretrained(dest / "pipeline")
+    assert next(b.transformer.parameters()).dtype == torch.float32  # computes in fp32 after loading fp16
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(a.vae.encode(x), b.vae.encode(x), atol=2e-2)
+        assert torch.allclose(load_classifier(demo_model / "classifier")(x)["scores"],
+                              load_classifier(dest / "classifier")(x)["scores"], atol=1e-2)
+    assert (dest / "prevalence.yaml").read_text() == (demo_model / "prevalence.yaml").read_text()

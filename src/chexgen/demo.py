@@ -26,6 +26,7 @@ larger held-out set.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record, write_manifest
 from chexgen.errors import ChexgenError
 
-__all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
+__all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts", "pack_demo_model"]
 
 log = logging.getLogger(__name__)
 
@@ -307,3 +308,50 @@ def run_demo(cfg: DemoConfig) -> Path:
              d["auroc_generated_mean"], d["auroc_real_mean"], d["fid_real_vs_generated"], d["fid_real_half_vs_half"],
              d["wall_seconds"])
     return html
+
+
+def _half_safetensors(src: Path, dst: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(src))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(dst))
+
+
+def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
+                    prevalence: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
+    """Assemble a demo model folder from training outputs, weights stored in fp16.
+
+    ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
+    ``classifier/`` and ``prevalence.yaml``; the model card is written separately. Written into a
+    temporary folder that replaces ``dest`` at the end, so a failure leaves ``dest`` as it was.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+
+    from chexgen.downstream.classifier import load_classifier
+    from chexgen.pipeline import ChexGenPipeline
+
+    dest = Path(dest)
+    pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
+    load_classifier(classifier_dir)  # fails early on a broken classifier folder
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        pipe.save_pretrained(tmp / "pipeline", dtype=torch.float16)
+        (tmp / "classifier").mkdir()
+        shutil.copy2(Path(classifier_dir) / "config.json", tmp / "classifier" / "config.json")
+        _half_safetensors(Path(classifier_dir) / "model.safetensors", tmp / "classifier" / "model.safetensors")
+        shutil.copy2(prevalence, tmp / "prevalence.yaml")
+        keep = [p for p in ("MODEL_CARD.md",) if (dest / p).is_file()]
+        for name in keep:  # the hand-written card survives a re-pack
+            shutil.copy2(dest / name, tmp / name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    sizes = {str(p.relative_to(dest)): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
+    return {"dest": str(dest), "bytes": sum(sizes.values()), "files": sizes}

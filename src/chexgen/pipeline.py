@@ -22,6 +22,7 @@ explicit ``seeds`` are given; every image has its own generator.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -222,6 +223,11 @@ class ChexGenPipeline:
             vae = RadiographVAE.from_spec(vae_spec)
         if torch_dtype is not None:
             vae.to(dtype=torch_dtype)
+        else:
+            # Weights may be stored in half precision (the bundled demo model is); compute in fp32 unless
+            # asked otherwise, since half-precision convolutions are slow or missing on CPUs.
+            transformer.to(dtype=torch.float32)
+            vae.to(dtype=torch.float32)
         scheduler = None
         if (root / "scheduler" / "scheduler_config.json").is_file():
             scheduler = make_scheduler(config.default_sampler)
@@ -231,19 +237,24 @@ class ChexGenPipeline:
             pipe.to(device)
         return pipe
 
-    def save_pretrained(self, directory: str | os.PathLike, save_vae_weights: bool | None = None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, save_vae_weights: bool | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
         """Write the pipeline folder (see module docstring); returns its path.
 
         VAE weights are written for gray VAEs (or when ``save_vae_weights``); an SD VAE
-        loaded from a hub id stays a reference.
+        loaded from a hub id stays a reference. ``dtype`` (e.g. ``torch.float16``) stores the
+        weights in that precision without changing this pipeline's own modules;
+        :meth:`from_pretrained` computes in fp32 unless told otherwise.
         """
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(str(root / "transformer"), safe_serialization=True)
+        transformer = copy.deepcopy(self.transformer).to(dtype=dtype) if dtype is not None else self.transformer
+        transformer.save_pretrained(str(root / "transformer"), safe_serialization=True)
         write_vae = save_vae_weights if save_vae_weights is not None else self.config.vae.kind == "gray"
         vae_spec = self.config.vae
         if write_vae:
-            self.vae.save_pretrained(root / "vae")
+            vae = copy.deepcopy(self.vae).to(dtype=dtype) if dtype is not None else self.vae
+            vae.save_pretrained(root / "vae")
             vae_spec = dataclasses.replace(vae_spec, name_or_path="vae", subfolder=None,
                                            scaling_factor=self.vae.scaling_factor)
         self.scheduler.save_pretrained(str(root / "scheduler"))

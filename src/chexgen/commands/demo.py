@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help="Torch device (cpu, cuda).")
     p.add_argument("--workers", type=int, default=d.workers, help="Processes rendering the held-out phantom cohort.")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    g = p.add_argument_group("packing a retrained demo model (used by scripts/train_demo_model.sh)")
+    g.add_argument("--pack-pipeline", default=None, help="Instead of running the demo: a trained pipeline folder "
+                   "(chexgen train export) to pack, with --pack-classifier, --pack-prevalence and --pack-to.")
+    g.add_argument("--pack-classifier", default=None, help="Classifier folder (chexgen downstream classifier).")
+    g.add_argument("--pack-prevalence", default=None, help="The phantom prevalence file the model was trained with.")
+    g.add_argument("--pack-to", default=None, help="Destination demo model folder (weights stored in fp16).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
     from chexgen.demo import DemoConfig, run_demo
     from chexgen.errors import ChexgenError
 
+    if args.pack_pipeline:
+        from chexgen.demo import pack_demo_model
+
+        missing = [n for n in ("pack_classifier", "pack_prevalence", "pack_to") if not getattr(args, n)]
+        if missing:
+            raise ChexgenError("--pack-pipeline also needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+        info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to)
+        print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")
+        return 0
     if args.n_heldout < 8:
         raise ChexgenError(f"--n-heldout must be at least 8 (FID and AUROC need a few cases), got {args.n_heldout}")
     if args.images_per_prompt < 1:
