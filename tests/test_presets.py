@@ -47,7 +47,8 @@ def test_tiny_is_about_ten_million_parameters():
     assert 7e6 <= count_parameters(m) <= 13e6
     p = get_preset("tiny")
     assert p.resolution == 128 and p.latent_size == 16 and p.vae.kind == "gray"
-    assert p.text_encoder.kind == "minilm" and p.text_encoder.embed_dim == 384 and p.text_encoder.max_length == 120
+    assert p.text_encoder.kind == "minilm" and p.text_encoder.embed_dim == 384 and p.text_encoder.max_length == 64
+    assert get_preset("small").text_encoder.max_length == 120
 
 
 def test_xl2_512_matches_pixart_alpha_xl2_size_without_allocating():
