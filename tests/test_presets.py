@@ -25,7 +25,7 @@ def test_register_refuses_silent_overwrite():
         register_preset(get_preset("tiny"))
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "xl2-256", "xl2-512"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-f4", "small", "xl2-256", "xl2-512"])
 def test_preset_builds_consistent_dit_on_meta(name):
     p = get_preset(name)
     kw = p.transformer_kwargs()
