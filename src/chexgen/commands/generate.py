@@ -20,8 +20,10 @@ SAMPLER_NAMES = ("ddim", "iddpm", "dpmsolver++", "official")  # = chexgen.diffus
 
 
 def demo_model_path() -> Path:
-    """Where the bundled demo pipeline lives inside the installed package."""
-    return Path(__file__).resolve().parent.parent / "assets" / "demo"
+    """The bundled demo pipeline folder inside the installed package (see chexgen.demo)."""
+    from chexgen.demo import bundled_model_dir
+
+    return bundled_model_dir() / "pipeline"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Retrain the bundled demo model from scratch with chexgen's own commands.
+#
+#   bash scripts/train_demo_model.sh [WORK_DIR] [DEST]
+#
+# WORK_DIR (default runs/demo-model) receives the phantom cohort, the VAE, the feature cache, the DiT run
+# and the classifier; DEST (default src/chexgen/assets/demo) receives the packed model (fp16 weights).
+# On 2 CPU cores this takes about an hour (the time budgets below); on a GPU raise the budgets / steps.
+# Every step resumes where it stopped if the script is run again.
+set -euo pipefail
+WORK="${1:-runs/demo-model}"
+DEST="${2:-src/chexgen/assets/demo}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PREVALENCE="$HERE/demo_prevalence.yaml"
+THREADS="${CHEXGEN_THREADS:-2}"
+VAE_MINUTES="${VAE_MINUTES:-10}"
+DIT_MINUTES="${DIT_MINUTES:-35}"
+mkdir -p "$WORK"
+
+# 1. 4,000 phantom radiographs at 128 px (seed 0) with the demo's eight findings
+chexgen phantom --n 4000 --size 128 --seed 0 --prevalence "$PREVALENCE" --out "$WORK/phantom" --workers 2
+
+# 2. the small grayscale VAE (random 64 px crops: 4x cheaper steps; it is fully convolutional)
+chexgen train-vae "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --output-dir "$WORK/vae" --batch-size 16 --crop-size 64 \
+  --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$VAE_MINUTES" --checkpoint-every 200 \
+  --num-threads "$THREADS" --no-progress
+
+# 3. cached VAE latents (mean + std) and MiniLM embeddings of the impressions
+chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae/vae" --out "$WORK/cache" --device cpu
+
+# 4. the tiny DiT (text-to-image), EMA weights exported as a pipeline folder
+chexgen train "$WORK/cache" --preset tiny-f4 --vae "$WORK/vae/vae" --output-dir "$WORK/dit" \
+  --batch-size 32 --learning-rate 3e-4 --lr-warmup-steps 100 --max-steps 100000 --max-minutes "$DIT_MINUTES" \
+  --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+
+# 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
+chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
+  --arch resnet18 --init scratch --image-size 128 --epochs 6 --batch-size 32 --lr 1e-3 --num-threads "$THREADS"
+
+# 6. pack: fp16 weights into DEST (the model card there is kept)
+chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
+  --pack-prevalence "$PREVALENCE" --pack-to "$DEST"
