@@ -1,0 +1,105 @@
+"""Quality bar of the bundled demo model, and the demo's wall time.
+
+    python benchmarks/demo_quality.py [--n 256] [--model DIR] [--skip-demo]
+
+1. Renders ``--n`` held-out phantom cases (seed 1000; the model was trained on seed 0), generates one
+   image from each case's impression, and scores both sets with the phantom classifier shipped beside
+   the model: per-class AUROC of the generated images against the prompts' labels (mean over the
+   findings the model was trained on) next to the classifier's AUROC on the real held-out images, and
+   FID on the classifier's features (real vs generated) next to the FID between two halves of the real set.
+2. Times one default ``chexgen demo`` run (the "at most 5 minutes on 2 CPU cores" target).
+
+Prints one table; numbers are measured in this run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=256, help="held-out phantom cases (one generated image each)")
+    ap.add_argument("--model", default=None, help="demo model folder (default: the bundled one)")
+    ap.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps")
+    ap.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--skip-demo", action="store_true", help="do not time a default `chexgen demo` run")
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+
+    from chexgen.data.imageio import load_gray
+    from chexgen.data.manifest import read_manifest
+    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.demo import DemoConfig, _resolve_model, _synthetic_records, evaluate_demo_model
+    from chexgen.downstream.classifier import load_classifier
+    from chexgen.pipeline import ChexGenPipeline
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
+    cfg = DemoConfig(model=args.model, steps=args.steps, guidance=args.guidance, progress=True)
+    pipeline_dir, classifier_dir, prevalence = _resolve_model(cfg)
+    pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
+    clf = load_classifier(classifier_dir)
+    trained = [c for c in clf.class_names if c != "No Finding"]
+
+    t0 = time.perf_counter()
+    info = write_cohort(CohortConfig(n=args.n, size=pipe.config.resolution, seed=cfg.heldout_seed,
+                                     prevalence=str(prevalence), workers=2), work / "heldout")
+    heldout = read_manifest(info["manifest"])
+    root = Path(info["manifest"]).parent
+    real = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])
+    t_render = time.perf_counter() - t0
+
+    prompts = [r.impression for r in heldout]
+    seeds = list(range(len(heldout)))
+    t0 = time.perf_counter()
+    out = pipe(prompts, seeds=seeds, sampler="dpmsolver++", num_inference_steps=args.steps,
+               guidance_scale=args.guidance, batch_size=16)
+    t_gen = time.perf_counter() - t0
+    gen = out.images[:, 0].numpy()
+    syn = _synthetic_records(heldout, prompts, seeds, gen, work / "generated", "paired", {"model": str(pipeline_dir)})
+    results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
+    d = results["demo"]
+
+    demo_seconds = None
+    if not args.skip_demo:
+        cmd = [sys.executable, "-m", "chexgen.cli", "demo", "--out", str(work / "demo"), "--no-progress"]
+        if args.model:
+            cmd += ["--model", args.model]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        demo_seconds = time.perf_counter() - t0
+
+    print()
+    print(f"held-out phantom cases: {len(heldout)} (rendered in {t_render:.1f} s); generated {len(gen)} images in "
+          f"{t_gen:.1f} s ({len(gen) / t_gen:.2f} img/s, DPM-Solver++ {args.steps} steps, CFG {args.guidance})")
+    print(f"{'finding':28s} {'AUROC generated':>16s} {'AUROC real':>11s}")
+    for c in trained:
+        print(f"{c:28s} {d['auroc_generated_per_class'][c]:16.3f} {d['auroc_real_per_class'][c]:11.3f}")
+    print(f"{'mean':28s} {d['auroc_generated_mean']:16.3f} {d['auroc_real_mean']:11.3f}   (bar: generated >= 0.80)")
+    print(f"FID (classifier features): real vs generated {d['fid_real_vs_generated']:.3f}; "
+          f"real half vs half {d['fid_real_half_vs_half']:.3f}")
+    m = results["metrics"]
+    for key in ("pearson", "diversity_ssim", "precision", "recall"):
+        if key in m:
+            print(f"{key}: {m[key]['value']:.3f} [{m[key].get('low', float('nan')):.3f}, "
+                  f"{m[key].get('high', float('nan')):.3f}]")
+    if demo_seconds is not None:
+        print(f"`chexgen demo` wall time: {demo_seconds:.1f} s (target <= 300 s on 2 CPU cores)")
+    (work / "demo_quality.json").write_text(json.dumps({"demo": d, "generate_seconds": t_gen,
+                                                        "demo_seconds": demo_seconds}, indent=2, default=float))
+    print(f"details: {work / 'demo_quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
