@@ -45,3 +45,25 @@ def test_train_save_load_extract(tmp_path):
 
     col = LABEL_INDEX[cfg["classes"][0]]
     assert np.allclose(res.scores[:, col].numpy(), out1["scores"][:, 0].numpy(), atol=1e-5)
+
+
+def test_evaluate_loads_a_classifier_folder(tmp_path):
+    from chexgen.data.manifest import write_manifest
+    from chexgen.downstream.classifier import save_classifier
+    from chexgen.downstream.models import ModelSpec, build_model
+
+    manifest = make_toy_cohort(tmp_path / "toy", n=16, size=32, seed=1)
+    recs = read_manifest(manifest)
+    write_manifest(tmp_path / "toy" / "a.jsonl", recs[:8])
+    write_manifest(tmp_path / "toy" / "b.jsonl", recs[8:])
+    spec = ModelSpec(task="classification", num_outputs=2, image_size=32, arch="densenet-tiny", init="scratch")
+    model, _ = build_model(spec)
+    save_classifier(model, spec, ["Cardiomegaly", "Pneumothorax"], tmp_path / "clf")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--real", str(tmp_path / "toy" / "a.jsonl"), "--synthetic", str(tmp_path / "toy" / "b.jsonl"),
+                 "--out", str(out), "--features", str(tmp_path / "clf"), "--image-size", "32", "--analysis-size", "32",
+                 "--bootstrap", "10", "--distribution-bootstrap", "3", "--no-tsne"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["inputs"]["feature_dim"] == model.net.classifier.in_features
+    assert "fid" in metrics["metrics"]

@@ -54,14 +54,11 @@ def _load_module(path: Path, what: str):
 
     if not path.exists():
         raise ChexgenError(f"{what} {path}: not found")
-    try:
-        from chexgen import downstream
+    if what == "classifier" and path.is_dir() and (path / "config.json").is_file():
+        # a folder written by `chexgen downstream classifier` (chexgen.downstream.save_classifier)
+        from chexgen.downstream.classifier import load_classifier
 
-        loader = getattr(downstream, "load_classifier", None)
-    except ImportError:  # pragma: no cover
-        loader = None
-    if loader is not None and what == "classifier":
-        return loader(path)
+        return load_classifier(path)
     if path.is_dir():
         raise ChexgenError(f"{what} {path}: expected a TorchScript or pickled torch module file")
     try:
