@@ -155,3 +155,19 @@ def test_iddpm_needs_learned_variance():
     m = ChexGenDiT(**{**KW, "learn_sigma": False}).eval()
     with pytest.raises(ChexgenError, match="learned-variance"):
         denoise(m, _text(1), _text(1, 3), make_generators([0]), (4, 4, 4), "iddpm", 2)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "iddpm", "dpmsolver++"])
+def test_clip_latents_bounds_the_predicted_clean_latents(tiny_pipeline, sampler):
+    from chexgen.diffusion.samplers import make_generators
+
+    pipe = tiny_pipeline
+    enc = pipe.encode_prompts(["a", "b"])
+    free = pipe.sample_latents(enc, make_generators([0, 1]), sampler=sampler, num_inference_steps=4)
+    pipe.config.clip_latents = 0.25
+    try:
+        clipped = pipe.sample_latents(enc, make_generators([0, 1]), sampler=sampler, num_inference_steps=4)
+    finally:
+        pipe.config.clip_latents = None
+    assert free.abs().max() > 0.5  # a random model overshoots
+    assert clipped.abs().max() <= 0.25 + 0.05  # the last step lands on a (clamped) clean estimate

@@ -56,6 +56,8 @@ class PipelineConfig:
     text_encoder / vae: specs; ``vae.name_or_path == "vae"`` means the weights are in the folder.
     default_sampler / num_inference_steps (None = the sampler's default) / guidance_scale: call defaults.
     prompt_cleaning: ``basic`` for chexgen models, ``official`` for converted official checkpoints.
+    clip_latents: clamp predicted clean latents to ``[-c, c]`` while sampling (None = off); set it to
+        about the largest absolute latent of the training data (the bundled demo model uses 5.0).
     """
 
     preset: str | None = None
@@ -66,6 +68,7 @@ class PipelineConfig:
     num_inference_steps: int | None = None
     guidance_scale: float = 4.0
     prompt_cleaning: str = "basic"
+    clip_latents: float | None = None
     chexgen_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -387,6 +390,7 @@ class ChexGenPipeline:
             device=self.device,
             dtype=self.dtype,
             eta=eta,
+            clip_latents=self.config.clip_latents,
         )
 
     @torch.no_grad()

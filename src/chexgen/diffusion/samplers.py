@@ -71,30 +71,57 @@ def get_sampler_spec(name: str) -> SamplerSpec:
         raise ChexgenError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}") from None
 
 
+class ClampedDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+    """DPM-Solver++ whose data (x0) predictions are clamped to ``[-clip_latents, clip_latents]``.
+
+    diffusers' own ``thresholding`` rescales by a dynamic quantile (Imagen, for pixel space); latents
+    need a plain clamp to the training range, as DDIM's / DDPM's ``clip_sample`` does.
+    """
+
+    clip_latents: float | None = None
+
+    def convert_model_output(self, model_output: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        x0 = super().convert_model_output(model_output, *args, **kwargs)
+        if self.clip_latents is not None:
+            x0 = x0.clamp(-self.clip_latents, self.clip_latents)
+        return x0
+
+
 def make_scheduler(
-    name: str = "ddim", num_train_timesteps: int = 1000, schedule: NoiseSchedule | None = None, **overrides
+    name: str = "ddim",
+    num_train_timesteps: int = 1000,
+    schedule: NoiseSchedule | None = None,
+    clip_latents: float | None = None,
+    **overrides,
 ) -> SchedulerMixin:
     """A fresh diffusers scheduler for sampler ``name`` on the chexgen schedule.
 
-    ``overrides`` go to the scheduler constructor (e.g. ``solver_order=3``).
-    Schedulers are stateful (step index, multistep history): make one per sampling run.
+    ``clip_latents`` clamps every predicted clean latent to ``[-c, c]`` (IDDPM's ``clip_denoised``
+    for latents): a young model's x0 estimates at high noise can overshoot the training latents'
+    range by 10-20x, which a VAE decodes as saturated blobs. ``overrides`` go to the scheduler
+    constructor (e.g. ``solver_order=3``). Schedulers are stateful (step index, multistep
+    history): make one per sampling run.
     """
     spec = get_sampler_spec(name)
     schedule = schedule or NoiseSchedule(num_train_timesteps=num_train_timesteps)
     kw = schedule.scheduler_kwargs()
+    clip = {"clip_sample": clip_latents is not None, "clip_sample_range": float(clip_latents or 1.0)}
     if spec.name == "ddim":
-        kw.update(clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+        kw.update(set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading", **clip)
         cls = DDIMScheduler
     elif spec.uses_learned_variance:
         # IDDPM respacing: round(linspace(0, T - 1, n)) -> 0, 10, ..., 999 for n = 100.
-        kw.update(variance_type="learned_range", clip_sample=False, timestep_spacing="linspace")
+        kw.update(variance_type="learned_range", timestep_spacing="linspace", **clip)
         cls = DDPMScheduler
     else:
         kw.update(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
                   timestep_spacing="linspace")
-        cls = DPMSolverMultistepScheduler
+        cls = ClampedDPMSolverMultistepScheduler
     kw.update(overrides)
-    return cls(**kw)
+    scheduler = cls(**kw)
+    if isinstance(scheduler, ClampedDPMSolverMultistepScheduler):
+        scheduler.clip_latents = clip_latents
+    return scheduler
 
 
 def make_generators(seeds: Sequence[int], device: "str | torch.device" = "cpu") -> list[torch.Generator]:
@@ -157,11 +184,13 @@ def denoise(
     eta: float = 0.0,
     progress: Callable | None = None,
     scheduler: SchedulerMixin | None = None,
+    clip_latents: float | None = None,
 ) -> torch.Tensor:
     """Run one sampling loop from per-image noise to clean latents ``[B, *latent_shape]``.
 
     ``model(latents, t[B], emb, mask) -> [B, C or 2C, h, w]`` (a :class:`ChexGenDiT`).
     ``progress`` optionally wraps the timestep iterator (e.g. ``tqdm``).
+    ``clip_latents`` clamps predicted clean latents (see :func:`make_scheduler`).
     """
     spec = get_sampler_spec(sampler)
     steps = int(num_inference_steps or spec.default_steps)
@@ -169,7 +198,7 @@ def denoise(
         raise ChexgenError(f"num_inference_steps must be >= 1, got {steps}")
     if len(generators) != cond[0].shape[0]:
         raise ValueError(f"{len(generators)} generators for {cond[0].shape[0]} prompts")
-    scheduler = scheduler or make_scheduler(sampler)
+    scheduler = scheduler or make_scheduler(sampler, clip_latents=clip_latents)
     scheduler.set_timesteps(steps, device=device)
     x = initial_noise(latent_shape, generators, device=device, dtype=dtype) * scheduler.init_noise_sigma
     c = latent_shape[0]
