@@ -39,4 +39,4 @@ chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$W
 
 # 6. pack: fp16 weights into DEST (the model card there is kept)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
-  --pack-prevalence "$PREVALENCE" --pack-to "$DEST"
+  --pack-prevalence "$PREVALENCE" --pack-to "$DEST" --pack-clip-latents 5 --sampler iddpm --steps 50

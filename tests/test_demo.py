@@ -87,6 +87,7 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     a = ChexGenPipeline.from_pretrained(demo_model / "pipeline")
     b = ChexGenPipeline.from_pretrained(dest / "pipeline")
     assert next(b.transformer.parameters()).dtype == torch.float32  # computes in fp32 after loading fp16
+    assert (b.config.clip_latents, b.config.default_sampler, b.config.num_inference_steps) == (5.0, "iddpm", 50)
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(a.vae.encode(x), b.vae.encode(x), atol=2e-2)

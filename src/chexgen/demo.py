@@ -63,8 +63,8 @@ class DemoConfig:
     heldout_seed: int = 1000  # the bundled model was trained on phantom seed 0
     images_per_prompt: int = 4  # for showcase and NLMCXR prompts
     n_nlmcxr: int = 4  # real impressions from torchxrayvision's NLMCXR reports
-    sampler: str = "dpmsolver++"
-    steps: int = 20
+    sampler: str = "iddpm"  # with the model's latent clipping: the cleanest samples of the CPU-trained model
+    steps: int = 50
     guidance: float = 4.0
     seed: int = 0
     batch_size: int = 16
@@ -318,8 +318,12 @@ def _half_safetensors(src: Path, dst: Path) -> None:
 
 
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
-                    prevalence: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
+                    prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
+                    sampler: str = "iddpm", steps: int = 50) -> dict[str, Any]:
     """Assemble a demo model folder from training outputs, weights stored in fp16.
+
+    The pipeline's sampling defaults become ``sampler`` / ``steps`` with latent clipping at
+    ``clip_latents`` (what ``chexgen generate`` then uses with this model).
 
     ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
     ``classifier/`` and ``prevalence.yaml``; the model card is written separately. Written into a
@@ -335,6 +339,9 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
 
     dest = Path(dest)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
+    pipe.config.clip_latents = clip_latents
+    pipe.config.default_sampler = sampler
+    pipe.config.num_inference_steps = steps
     load_classifier(classifier_dir)  # fails early on a broken classifier folder
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))

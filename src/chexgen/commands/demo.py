@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pack-classifier", default=None, help="Classifier folder (chexgen downstream classifier).")
     g.add_argument("--pack-prevalence", default=None, help="The phantom prevalence file the model was trained with.")
     g.add_argument("--pack-to", default=None, help="Destination demo model folder (weights stored in fp16).")
+    g.add_argument("--pack-clip-latents", type=float, default=5.0, help="Latent clipping stored as the model's "
+                   "sampling default (about the largest |latent| of the training cache; <= 0 turns it off).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         missing = [n for n in ("pack_classifier", "pack_prevalence", "pack_to") if not getattr(args, n)]
         if missing:
             raise ChexgenError("--pack-pipeline also needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
-        info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to)
+        clip = args.pack_clip_latents if args.pack_clip_latents > 0 else None
+        info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to,
+                               clip_latents=clip, sampler=args.sampler, steps=args.steps)
         print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")
         return 0
     if args.n_heldout < 8:
