@@ -30,7 +30,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="held-out phantom cases (one generated image each)")
     ap.add_argument("--model", default=None, help="demo model folder (default: the bundled one)")
-    ap.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps")
+    ap.add_argument("--sampler", default=None, help="sampler (default: the model's, IDDPM for the bundled one)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     ap.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--skip-demo", action="store_true", help="do not time a default `chexgen demo` run")
@@ -45,7 +46,7 @@ def main() -> int:
     from chexgen.pipeline import ChexGenPipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
-    cfg = DemoConfig(model=args.model, steps=args.steps, guidance=args.guidance, progress=True)
+    cfg = DemoConfig(model=args.model, guidance=args.guidance, progress=True)
     pipeline_dir, classifier_dir, prevalence = _resolve_model(cfg)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
     clf = load_classifier(classifier_dir)
@@ -62,8 +63,10 @@ def main() -> int:
     prompts = [r.impression for r in heldout]
     seeds = list(range(len(heldout)))
     t0 = time.perf_counter()
-    out = pipe(prompts, seeds=seeds, sampler="dpmsolver++", num_inference_steps=args.steps,
-               guidance_scale=args.guidance, batch_size=16)
+    sampler = args.sampler or pipe.config.default_sampler
+    steps = args.steps or pipe.config.num_inference_steps
+    out = pipe(prompts, seeds=seeds, sampler=sampler, num_inference_steps=steps, guidance_scale=args.guidance,
+               batch_size=16)
     t_gen = time.perf_counter() - t0
     gen = out.images[:, 0].numpy()
     syn = _synthetic_records(heldout, prompts, seeds, gen, work / "generated", "paired", {"model": str(pipeline_dir)})
@@ -81,7 +84,8 @@ def main() -> int:
 
     print()
     print(f"held-out phantom cases: {len(heldout)} (rendered in {t_render:.1f} s); generated {len(gen)} images in "
-          f"{t_gen:.1f} s ({len(gen) / t_gen:.2f} img/s, DPM-Solver++ {args.steps} steps, CFG {args.guidance})")
+          f"{t_gen:.1f} s ({len(gen) / t_gen:.2f} img/s, {sampler} {steps} steps, CFG {args.guidance}, "
+          f"clip_latents {pipe.config.clip_latents})")
     print(f"{'finding':28s} {'AUROC generated':>16s} {'AUROC real':>11s}")
     for c in trained:
         print(f"{c:28s} {d['auroc_generated_per_class'][c]:16.3f} {d['auroc_real_per_class'][c]:11.3f}")
