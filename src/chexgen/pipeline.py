@@ -229,8 +229,9 @@ class ChexGenPipeline:
         else:
             # Weights may be stored in half precision (the bundled demo model is); compute in fp32 unless
             # asked otherwise, since half-precision convolutions are slow or missing on CPUs.
-            transformer.to(dtype=torch.float32)
-            vae.to(dtype=torch.float32)
+            for module in (transformer, vae):
+                if any(p.dtype != torch.float32 for p in module.parameters()):
+                    module.float()  # nn.Module.float: diffusers' .to(dtype=) warns even when nothing is kept
         scheduler = None
         if (root / "scheduler" / "scheduler_config.json").is_file():
             scheduler = make_scheduler(config.default_sampler)
