@@ -45,6 +45,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from chexgen.errors import ChexgenError
+from chexgen.models.dit import prepare_dit_inputs
 
 __all__ = [
     "ControlBlock",
@@ -216,22 +217,6 @@ def _backbone(transformer: nn.Module):
     return getattr(transformer, "backbone", transformer)
 
 
-def _prepare_inputs(latents, timesteps, text_embeddings, text_mask):
-    """The same argument handling as :meth:`ChexGenDiT.forward` (scalar / [B] timesteps, devices, dtypes)."""
-    b = latents.shape[0]
-    if not torch.is_tensor(timesteps):
-        timesteps = torch.tensor([timesteps], device=latents.device)
-    timesteps = timesteps.to(latents.device)
-    if timesteps.ndim == 0:
-        timesteps = timesteps[None]
-    if timesteps.shape[0] != b:
-        timesteps = timesteps.expand(b)
-    text_embeddings = text_embeddings.to(device=latents.device, dtype=latents.dtype)
-    if text_mask is not None:
-        text_mask = text_mask.to(latents.device)
-    return timesteps, text_embeddings, text_mask
-
-
 def controlled_forward(
     transformer: nn.Module,
     adapter: ChexGenControlNet | None,
@@ -250,7 +235,7 @@ def controlled_forward(
     """
     bb = _backbone(transformer)
     cfg = bb.config
-    timesteps, text_embeddings, text_mask = _prepare_inputs(latents, timesteps, text_embeddings, text_mask)
+    timesteps, text_embeddings, text_mask = prepare_dit_inputs(latents, timesteps, text_embeddings, text_mask)
     use_control = adapter is not None and control_latents is not None and conditioning_scale != 0
     if use_control and control_latents.shape != latents.shape:
         raise ChexgenError(

@@ -212,17 +212,7 @@ class ChexGenDiT(ModelMixin, ConfigMixin):
         ``timesteps`` may be a scalar or ``[B]`` (long or float, 0..999). ``text_mask`` is
         ``[B, L]`` with 1 for real tokens; padding tokens receive no attention.
         """
-        b = latents.shape[0]
-        if not torch.is_tensor(timesteps):
-            timesteps = torch.tensor([timesteps], device=latents.device)
-        timesteps = timesteps.to(latents.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        if timesteps.shape[0] != b:
-            timesteps = timesteps.expand(b)
-        text_embeddings = text_embeddings.to(device=latents.device, dtype=latents.dtype)
-        if text_mask is not None:
-            text_mask = text_mask.to(latents.device)
+        timesteps, text_embeddings, text_mask = prepare_dit_inputs(latents, timesteps, text_embeddings, text_mask)
         out = self.backbone(
             latents,
             encoder_hidden_states=text_embeddings,
@@ -232,6 +222,23 @@ class ChexGenDiT(ModelMixin, ConfigMixin):
             return_dict=False,
         )[0]
         return out
+
+
+def prepare_dit_inputs(latents: torch.Tensor, timesteps, text_embeddings: torch.Tensor,
+                       text_mask: torch.Tensor | None):
+    """Normalise DiT call arguments: scalar or ``[B]`` timesteps on the latents' device, text on its dtype."""
+    b = latents.shape[0]
+    if not torch.is_tensor(timesteps):
+        timesteps = torch.tensor([timesteps], device=latents.device)
+    timesteps = timesteps.to(latents.device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps[None]
+    if timesteps.shape[0] != b:
+        timesteps = timesteps.expand(b)
+    text_embeddings = text_embeddings.to(device=latents.device, dtype=latents.dtype)
+    if text_mask is not None:
+        text_mask = text_mask.to(latents.device)
+    return timesteps, text_embeddings, text_mask
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
