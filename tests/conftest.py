@@ -85,3 +85,14 @@ def tiny_pipeline_dir(tmp_path_factory, tiny_t5_dir):
     path = tmp_path_factory.mktemp("tiny_pipeline")
     make_tiny_pipeline(tiny_t5_dir).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny models on a shared 2-core machine spin-wait badly on two."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

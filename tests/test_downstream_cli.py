@@ -16,11 +16,8 @@ TINY = ["--arch", "densenet-tiny", "--image-size", "32", "--epochs", "1", "--bat
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(one_thread):
+    """Every test here on one torch thread (shared fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")

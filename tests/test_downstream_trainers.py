@@ -19,12 +19,8 @@ SIZE = 32
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared, loaded 2-core machine spin-wait badly; one is faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(one_thread):
+    """Every test here on one torch thread (shared fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")
