@@ -23,6 +23,7 @@ from chexgen.data.condition_sources import (
 from chexgen.data.conditions import (
     PALETTE,
     FrameToSquare,
+    RecordConditionRenderer,
     LabelledMask,
     decode_rle,
     encode_rle,
@@ -264,6 +265,25 @@ def test_record_condition_and_sources(tmp_path):
     assert only_findings[8, 24] > 0 and only_findings[25, 5] == 0 and only_findings.max() == cond[8, 24]
     lungs = resolve_class("lungs").value
     assert np.isclose(cond, lungs).any() and not np.isclose(only_findings, lungs).any()
+
+    # the cached-condition renderer: finding masks only, masks / boxes / alternating per record
+    value = resolve_class("Pneumothorax").value
+    finding_masks = RecordConditionRenderer(kinds=("finding",), style="masks")(rec, tmp_path, 32)
+    np.testing.assert_array_equal(finding_masks, only_findings)
+    boxes_only = RecordConditionRenderer(kinds=("finding",), style="boxes")(rec, tmp_path, 32)
+    assert boxes_only[25, 5] > 0 and boxes_only[8, 24] == 0 and not np.isclose(boxes_only, value).any()
+    np.testing.assert_array_equal(RecordConditionRenderer()(rec, tmp_path, 32), cond)
+    alt = RecordConditionRenderer(kinds=("finding",), style="alternate")
+    styles = [alt.style_for(Record(id=f"case_{i}")) for i in range(200)]
+    assert set(styles) == {"masks", "boxes"} and 70 < styles.count("boxes") < 130
+    assert styles == [alt.style_for(Record(id=f"case_{i}")) for i in range(200)]  # stable choice
+    drawn = alt(rec, tmp_path, 32)
+    expected = finding_masks if alt.style_for(rec) == "masks" else boxes_only
+    np.testing.assert_array_equal(drawn, expected)
+    with pytest.raises(ChexgenError, match="unknown condition style"):
+        RecordConditionRenderer(style="outline")
+    with pytest.raises(ChexgenError, match="condition kinds"):
+        RecordConditionRenderer(kinds=("bone",))
 
     folder = read_mask_folder(tmp_path)
     assert [c.id for c in folder] == ["m"] and folder[0].masks[0].name == "Pneumothorax"

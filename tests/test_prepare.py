@@ -154,3 +154,20 @@ def test_condition_latents_are_cached_per_record(tmp_path, encoders):
     img = torch.zeros(1, 1, RES, RES)
     img[..., 8:24, 8:24] = 1.0
     torch.testing.assert_close(cond, vae.encode_moments(img)[0][0], atol=2e-3, rtol=2e-3)
+
+
+def test_cli_condition_options_are_recorded_and_checked_on_resume(tmp_path, encoders, capsys):
+    vae_dir, _, _ = encoders
+    manifest = make_dataset(tmp_path / "data", n=3, size=32)
+    out = tmp_path / "cache"
+    base = ["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
+            "--num-workers", "0", "--no-progress", "--conditions"]
+    assert main(base + ["--condition-kinds", "finding", "--condition-style", "alternate"]) == 0
+    spec = read_index(out)["spec"]
+    assert spec["conditions"] == ["control"]
+    assert spec["condition_options"] == {"kinds": ["finding"], "style": "alternate"}
+    assert main(base + ["--condition-style", "boxes"]) == 2  # another drawing on resume: refused, named
+    assert "condition_options" in capsys.readouterr().err
+    # the default drawing leaves the options empty (caches written before the field existed still match)
+    assert main(base[:3] + [str(tmp_path / "cache2")] + base[4:]) == 0
+    assert read_index(tmp_path / "cache2")["spec"]["condition_options"] == {}

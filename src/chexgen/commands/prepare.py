@@ -29,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store only the latent mean (half the size; train with --latent-sampling mean)")
     parser.add_argument("--conditions", action="store_true",
                         help="also cache a 'control' condition latent (masks / boxes rendered as one image) per record")
+    parser.add_argument("--condition-kinds", default="anatomy,finding",
+                        help="with --conditions: mask classes drawn, comma-separated from anatomy (lungs, heart, ribs) "
+                             "and finding; 'finding' trains an adapter that expects finding masks alone")
+    from chexgen.data.conditions import CONDITION_STYLES
+
+    parser.add_argument("--condition-style", choices=CONDITION_STYLES, default="both",
+                        help="with --conditions: draw masks and boxes together (both), only masks, only boxes, or "
+                             "alternate (masks for half the records, boxes for the other half; one adapter for both)")
     parser.add_argument("--num-shards", type=int, default=None,
                         help="split the manifest across N writer processes (default: $WORLD_SIZE or 1)")
     parser.add_argument("--shard-index", type=int, default=None, help="this writer's index (default: $RANK or 0)")
@@ -74,16 +82,22 @@ def run(args: argparse.Namespace) -> int:
     if resolution % f:
         raise ChexgenError(f"--resolution {resolution} is not divisible by the VAE factor {f}")
     conditions = {}
+    condition_options: dict = {}
     if args.conditions:
-        from chexgen.data.conditions import record_condition
+        from chexgen.data.conditions import RecordConditionRenderer
 
-        conditions = {"control": record_condition}
+        renderer = RecordConditionRenderer(kinds=tuple(k.strip() for k in args.condition_kinds.split(",") if k.strip()),
+                                           style=args.condition_style)
+        conditions = {"control": renderer}
+        if renderer != RecordConditionRenderer():
+            condition_options = renderer.to_dict()
     spec = CacheSpec(
         resolution=resolution, resize_policy=args.resize_policy, text_field=args.text_field,
         prompt_cleaning=args.prompt_cleaning, store_std=not args.no_std, vae=vae_spec.to_dict(),
         vae_scaling_factor=vae.scaling_factor, text_encoder=preset.text_encoder.to_dict(),
         latent_shape=[vae.latent_channels, resolution // f, resolution // f],
         embed_dim=text_encoder.embed_dim, max_length=text_encoder.max_length, conditions=sorted(conditions),
+        condition_options=condition_options,
     )
     records = read_manifest(args.manifest)[: args.limit]
     summary = prepare_cache(

@@ -59,6 +59,7 @@ import logging
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -90,6 +91,8 @@ __all__ = [
     "extract_boxes",
     "class_masks",
     "record_condition",
+    "CONDITION_STYLES",
+    "RecordConditionRenderer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -578,3 +581,47 @@ def record_condition(
         h, w = load_gray(record.resolve(record.image, root)).shape
         frame = (w, h)
     return render_condition(size, masks, boxes, frame=frame, policy=policy, where=where)
+
+
+CONDITION_STYLES = ("both", "masks", "boxes", "alternate")
+
+
+@dataclass(frozen=True)
+class RecordConditionRenderer:
+    """A picklable :func:`record_condition` with fixed options (what ``chexgen prepare --conditions`` caches).
+
+    ``kinds``: mask classes drawn (``("finding",)`` leaves lungs, heart and ribs out, so a
+    model trained on the cache expects finding masks alone - what a SIIM mask or an NIH box
+    file brings at inference). ``style``: ``both`` draws masks and boxes together, ``masks``
+    or ``boxes`` only one of them, ``alternate`` draws the masks of half the records and the
+    boxes of the other half (chosen by a CRC32 of the record id, so the choice is stable
+    across runs and shards): one adapter then serves mask- and box-guided generation.
+    """
+
+    kinds: tuple[str, ...] = ("anatomy", "finding")
+    style: str = "both"
+    mask_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.style not in CONDITION_STYLES:
+            raise ChexgenError(f"unknown condition style {self.style!r}; expected one of {', '.join(CONDITION_STYLES)}")
+        unknown = set(self.kinds) - {c.kind for c in PALETTE}
+        if unknown or not self.kinds:
+            raise ChexgenError(f"condition kinds {list(self.kinds)}: expected a non-empty subset of "
+                               f"{sorted({c.kind for c in PALETTE})}")
+
+    def style_for(self, record: Record) -> str:
+        """``masks`` / ``boxes`` / ``both`` for this record (resolves ``alternate``)."""
+        if self.style != "alternate":
+            return self.style
+        return "boxes" if zlib.crc32(record.id.encode("utf-8")) % 2 else "masks"
+
+    def __call__(self, record: Record, root: "str | os.PathLike | None", size: int,
+                 policy: str = "crop") -> np.ndarray | None:
+        style = self.style_for(record)
+        kinds = () if style == "boxes" else self.kinds
+        return record_condition(record, root, size, policy, mask_threshold=self.mask_threshold, kinds=kinds,
+                                use_boxes=style != "masks")
+
+    def to_dict(self) -> dict:
+        return {"kinds": list(self.kinds), "style": self.style}

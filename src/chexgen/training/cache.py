@@ -103,6 +103,9 @@ class CacheSpec:
     embed_dim: int = 0
     max_length: int = 0
     conditions: list[str] = field(default_factory=list)
+    # how the conditions were drawn (RecordConditionRenderer.to_dict(): mask kinds, masks/boxes style);
+    # empty = all masks and boxes (the only behaviour before this field existed)
+    condition_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +199,9 @@ def _spec_dict(spec: CacheSpec) -> dict[str, Any]:
 
 def _check_spec(existing: dict[str, Any], spec: CacheSpec, where: Path) -> None:
     current = _spec_dict(spec)
+    # a field added after a cache was written counts as its default there
+    defaults = {"condition_options": {}}
+    existing = {**defaults, **existing}
     diff = sorted(k for k in set(existing) | set(current) if existing.get(k) != current.get(k))
     if diff:
         details = "; ".join(f"{k}: cached {existing.get(k)!r} vs now {current.get(k)!r}" for k in diff[:4])
