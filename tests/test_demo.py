@@ -8,36 +8,51 @@ import pytest
 from chexgen.cli import main
 from chexgen.data.imageio import read_png_text
 from chexgen.data.manifest import read_manifest
-from chexgen.demo import DemoConfig, bundled_model_dir, nlmcxr_prompts, run_demo
+from chexgen.demo import DemoConfig, bundled_model_dir, nlmcxr_prompts, pack_demo_model, run_demo
 from chexgen.downstream.classifier import save_classifier
 from chexgen.downstream.models import ModelSpec, build_model
 from chexgen.errors import ChexgenError
 
 from conftest import make_tiny_pipeline
 
-CLASSES = ["Cardiomegaly", "Pleural Effusion"]
+CLASSES = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
 
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory, tiny_t5_dir):
+    import torch
+
+    from chexgen.models.controlnet import ChexGenControlNet
+
     root = tmp_path_factory.mktemp("demo_model")
-    make_tiny_pipeline(tiny_t5_dir, resolution=64).save_pretrained(root / "pipeline")
+    pipe = make_tiny_pipeline(tiny_t5_dir, resolution=64, depth=2)
+    pipe.save_pretrained(root / "pipeline")
+    # an adapter with non-zero (random) weights, so that it changes the images; base named relative to itself
+    adapter = ChexGenControlNet.from_transformer(pipe.transformer, num_blocks=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    adapter.save_pretrained(str(root / "control"), safe_serialization=True)
+    (root / "control" / "control_info.json").write_text(json.dumps({"base_model": "../pipeline"}))
     spec = ModelSpec(task="classification", num_outputs=len(CLASSES), image_size=64, arch="densenet-tiny",
                      init="scratch")
     model, _ = build_model(spec)
     save_classifier(model, spec, CLASSES, root / "classifier", {"init": "scratch"})
-    (root / "prevalence.yaml").write_text("Cardiomegaly: 0.5\nPleural Effusion: 0.5\nmax_findings: 2\n")
+    (root / "prevalence.yaml").write_text("Cardiomegaly: 0.4\nPleural Effusion: 0.4\nPneumothorax: 0.4\nmax_findings: 2\n")
     return root
 
 
 def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     out = tmp_path / "demo"
     code = main(["demo", "--model", str(demo_model), "--out", str(out), "--n-heldout", "10", "--images-per-prompt", "2",
-                 "--n-nlmcxr", "2", "--steps", "2", "--bootstrap", "20", "--workers", "1", "--no-progress"])
+                 "--n-nlmcxr", "2", "--steps", "2", "--bootstrap", "20", "--workers", "1", "--no-progress",
+                 "--n-control-masks", "1", "--n-control-boxes", "1", "--control-images", "2"])
     assert code == 0
     html = (out / "report.html").read_text()
     assert "<table" in html and html.count("data:image/png;base64,") >= 3
     assert "Showcase" in html and "NLMCXR" in html
+    assert "Demo summary" in html and "Spatial control" in html and "SIIM-ACR mask" in html and "NIH box" in html
     metrics = json.loads((out / "metrics.json").read_text())
     demo = metrics["demo"]
     assert demo["n_real"] == 10 and demo["n_generated"] == 10
@@ -49,6 +64,18 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     paired = [r for r in syn if r.id.startswith("paired_")]
     assert len(paired) == 10 and all(r.synthetic and r.extra["source_id"].startswith("phantom_") for r in paired)
     assert len([r for r in syn if r.id.startswith("nlmcxr_")]) == 4
+    # spatial control from real torchxrayvision annotations, drawn with and without the adapter
+    control = demo["control"]
+    sources = [e["source"] for e in control["examples"]]
+    assert sources.count("SIIM-ACR mask") == 1 and sources.count("NIH box") == 1
+    for e in control["examples"]:
+        assert 0 < e["area_fraction"] < 1 and np.isfinite(e["localisation_ratio"]) and e["label"] in CLASSES
+    assert control["examples"][0]["label"] == "Pneumothorax" and "pneumothorax" in control["examples"][0]["prompt"]
+    controlled = [r for r in syn if r.id.startswith("control_")]
+    assert len(controlled) == 2 * 2
+    for r in controlled:
+        assert (out / r.extra["condition_image"]).is_file() and sum(r.labels.values()) == 1
+        assert "torchxrayvision" in r.extra["condition_source"] and r.provenance["control_model"].endswith("control")
     text = read_png_text(out / paired[0].image)
     assert text["chexgen:synthetic"] == "true" and text["chexgen:prompt"] == paired[0].impression
 
@@ -78,7 +105,7 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     dest = tmp_path / "packed"
     code = main(["demo", "--pack-pipeline", str(demo_model / "pipeline"), "--pack-classifier",
                  str(demo_model / "classifier"), "--pack-prevalence", str(demo_model / "prevalence.yaml"),
-                 "--pack-to", str(dest)])
+                 "--pack-to", str(dest), "--pack-control", str(demo_model / "control")])
     assert code == 0
     from safetensors.torch import load_file
 
@@ -94,3 +121,25 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
         assert torch.allclose(load_classifier(demo_model / "classifier")(x)["scores"],
                               load_classifier(dest / "classifier")(x)["scores"], atol=1e-2)
     assert (dest / "prevalence.yaml").read_text() == (demo_model / "prevalence.yaml").read_text()
+
+    # the adapter: fp16, its base named relative to itself, loadable without naming the base
+    from chexgen.control_pipeline import ChexGenControlPipeline
+
+    adapter = load_file(str(dest / "control" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in adapter.values()} == {torch.float16}
+    assert json.loads((dest / "control" / "control_info.json").read_text())["base_model"] == "../pipeline"
+    cpipe = ChexGenControlPipeline.from_pretrained(dest / "control")
+    assert cpipe.base.source_path.resolve() == (dest / "pipeline").resolve()
+
+    # an adapter trained on other base weights is refused, and the destination is left as it was
+    info = json.loads((demo_model / "control" / "control_info.json").read_text())
+    other = tmp_path / "other_control"
+    import shutil
+
+    shutil.copytree(demo_model / "control", other)
+    (other / "control_info.json").write_text(json.dumps({**info, "base_checkpoint_sha256": "0" * 64}))
+    before = sorted(p.name for p in dest.rglob("*"))
+    with pytest.raises(ChexgenError, match="trained on base weights"):
+        pack_demo_model(demo_model / "pipeline", demo_model / "classifier", demo_model / "prevalence.yaml", dest,
+                        control_dir=other)
+    assert sorted(p.name for p in dest.rglob("*")) == before

@@ -102,7 +102,8 @@ class ChexGenControlPipeline:
         """Load an adapter folder and its base.
 
         The base is ``base`` if given, else the pipeline recorded in the adapter's
-        ``control_info.json`` (``chexgen train-control``), else the folder that
+        ``control_info.json`` (``chexgen train-control`` writes an absolute path; a relative
+        one, as in the bundled demo model, is taken from the adapter folder), else the folder that
         contains the adapter (``chexgen convert-official --control`` layout).
         """
         control_path = Path(control_path)
@@ -112,6 +113,8 @@ class ChexGenControlPipeline:
                 base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
                 if not base:
                     raise ChexgenError(f"{info}: 'base_model' is missing")
+                if not Path(base).is_absolute():  # a packed model names its base relative to the adapter
+                    base = control_path / base
             elif (control_path.parent / "chexgen_config.json").is_file():
                 base = control_path.parent  # convert-official --control writes <pipeline>/controlnet/
             else:

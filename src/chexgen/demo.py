@@ -63,6 +63,10 @@ class DemoConfig:
     heldout_seed: int = 1000  # the bundled model was trained on phantom seed 0
     images_per_prompt: int = 4  # for showcase and NLMCXR prompts
     n_nlmcxr: int = 4  # real impressions from torchxrayvision's NLMCXR reports
+    control: str | None = None  # ControlNet adapter folder; default: <model>/control when present
+    n_control_masks: int = 3  # real SIIM-ACR pneumothorax masks (torchxrayvision) for the control part
+    n_control_boxes: int = 3  # real NIH ChestX-ray14 boxes (torchxrayvision) for the control part
+    control_images: int = 2  # per mask / box, each with and without the adapter (same seed)
     sampler: str = "iddpm"  # with the model's latent clipping: the cleanest samples of the CPU-trained model
     steps: int = 50
     guidance: float = 4.0
@@ -91,6 +95,17 @@ def _resolve_model(cfg: DemoConfig) -> tuple[Path, Path | None, Path | None]:
         classifier = None
     prevalence = root / "prevalence.yaml"
     return pipeline, classifier, prevalence if prevalence.is_file() else None
+
+
+def _resolve_control(cfg: DemoConfig, pipeline_dir: Path) -> Path | None:
+    """The adapter folder of the control part: ``--control``, else ``control/`` beside the pipeline."""
+    if cfg.control:
+        path = Path(cfg.control)
+        if not (path / "config.json").is_file():
+            raise ChexgenError(f"{path}: not a ControlNet adapter folder (no config.json)")
+        return path
+    beside = pipeline_dir.parent / "control"
+    return beside if (beside / "config.json").is_file() else None
 
 
 def nlmcxr_prompts(n: int, trained: Sequence[str], seed: int = 0, max_words: int = 25) -> list[Record]:
@@ -233,6 +248,92 @@ def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_pro
     return Figure(title, grid_png(rows), caption, section=section, alt=title)
 
 
+def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConfig, out: Path,
+                  provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
+    """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
+    from chexgen.control_pipeline import ChexGenControlPipeline
+    from chexgen.data.imageio import save_png
+    from chexgen.demo_control import localisation_ratio, real_control_examples
+    from chexgen.evaluation.plots import grid_png
+    from chexgen.evaluation.report import Figure
+
+    examples = real_control_examples(cfg.n_control_masks, cfg.n_control_boxes, trained, seed=cfg.seed)
+    if not examples:
+        return {}, [], []
+    cpipe = ChexGenControlPipeline.from_pretrained(control_dir, base=pipe)
+    k = cfg.control_images
+    conds = [e.condition for e in examples]
+    prompts = [e.prompt for e in examples]
+    seeds = [cfg.seed + 30_000 + i for i in range(len(conds) * k)]
+    kw = dict(num_images_per_condition=k, seeds=seeds, sampler=cfg.sampler, num_inference_steps=cfg.steps,
+              guidance_scale=cfg.guidance, batch_size=cfg.batch_size, progress=cfg.progress)
+    log.info("control: %d real conditions x %d images, with and without the adapter", len(conds), k)
+    on = cpipe(prompts, conds, conditioning_scale=1.0, **kw)
+    off = cpipe(prompts, conds, conditioning_scale=0.0, **kw)
+    on_img, off_img = on.images[:, 0].float().numpy(), off.images[:, 0].float().numpy()
+    drawn = on.conditions[:, 0].float().numpy()
+
+    rows, fig_rows, records = [], [], []
+    for i, ex in enumerate(examples):
+        idx = list(range(i * k, (i + 1) * k))
+        ratios = [localisation_ratio(on_img[j], off_img[j], drawn[j] > 0) for j in idx]
+        ratio = _nanmean(ratios)
+        rows.append({"condition_id": ex.condition.id, "source": ex.source, "label": ex.label, "prompt": ex.prompt,
+                     "area_fraction": float((drawn[idx[0]] > 0).mean()), "localisation_ratio": ratio})
+        fig_rows.append([drawn[idx[0]], *off_img[idx], *on_img[idx]])
+        for j in idx:
+            rid = f"control_{j:04d}"
+            rel, cond_rel = f"images/control/{rid}.png", f"images/control/{rid}_condition.png"
+            save_png(out / rel, on_img[j], text={"chexgen:synthetic": "true", "chexgen:prompt": ex.prompt,
+                                                 "chexgen:seed": str(seeds[j])})
+            save_png(out / cond_rel, drawn[j])
+            labels = {name: 0 for name in LABELS}
+            labels[ex.label] = 1
+            records.append(Record(
+                id=rid, image=rel, dataset="chexgen-demo", view="PA", width=on_img.shape[2], height=on_img.shape[1],
+                labels=labels, impression=ex.prompt, synthetic=True,
+                provenance={**provenance, "prompt": ex.prompt, "seed": seeds[j], "control_model": str(control_dir)},
+                extra={"condition_source": f"{ex.source} (torchxrayvision)", "condition_id": ex.condition.id,
+                       "condition_image": cond_rel},
+            ))
+    by_source = {src: _nanmean(r["localisation_ratio"] for r in rows if r["source"] == src)
+                 for src in dict.fromkeys(r["source"] for r in rows)}
+    summary = {"adapter": str(control_dir), "n_conditions": len(rows), "images_per_condition": k,
+               "localisation_ratio_mean": _nanmean(r["localisation_ratio"] for r in rows),
+               "localisation_ratio_by_source": by_source, "examples": rows}
+    caption = (f"Each row: the condition as the adapter sees it, {k} image(s) without the adapter, then the same "
+               f"seed(s) with it. Rows: " + " | ".join(f"{i + 1}: {r['source']}, “{r['prompt']}”"
+                                                      for i, r in enumerate(rows)))
+    figure = Figure("Real SIIM-ACR masks and NIH boxes: without / with the adapter", grid_png(fig_rows), caption,
+                    section="Spatial control (real masks and boxes)", alt="control grid")
+    return summary, [figure], records
+
+
+def _demo_tables(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The quality-bar numbers (and the control summary) as report tables, shown first."""
+    rows = [[c, d["auroc_generated_per_class"][c], d["auroc_real_per_class"][c]] for c in d["trained_findings"]]
+    rows.append(["mean", d["auroc_generated_mean"], d["auroc_real_mean"]])
+    tables = [
+        {"title": "Demo summary: does the phantom classifier recognise the prompted findings?", "id": "demo-auroc",
+         "columns": ["finding", "AUROC on generated (prompt labels)", "AUROC on real held-out phantoms"],
+         "rows": rows,
+         "note": (f"FID on the classifier's features: real vs generated {d['fid_real_vs_generated']:.2f}, "
+                  f"real half vs half {d['fid_real_half_vs_half']:.2f}. {d['n_generated']} generated images from "
+                  f"the impressions of {d['n_real']} held-out phantom cases.")},
+    ]
+    c = d.get("control")
+    if c:
+        tables.append({
+            "title": "Spatial control: where does the adapter change the image?", "id": "demo-control",
+            "columns": ["source", "condition", "prompt", "area of image", "localisation ratio"],
+            "rows": [[r["source"], r["condition_id"], r["prompt"], r["area_fraction"], r["localisation_ratio"]]
+                     for r in c["examples"]],
+            "note": ("Localisation ratio: mean |with adapter - without| inside the mask / box over the same outside "
+                     f"it (same seeds); 1 = no spatial preference. Mean {c['localisation_ratio_mean']:.2f}."),
+        })
+    return tables
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo (see module doc); returns the path of ``report.html``."""
     from chexgen.data.phantom.cohort import CohortConfig, write_cohort
@@ -287,7 +388,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     )
     for r in extra_records[len(show_prompts):]:
         r.extra["source"] = "nlmcxr (torchxrayvision)"
-    write_manifest(out / "synthetic_manifest.jsonl", syn_records + extra_records)
+    control_dir = _resolve_control(cfg, pipeline_dir)
+    control_summary, control_figures, control_records = {}, [], []
+    if control_dir is not None and cfg.n_control_masks + cfg.n_control_boxes > 0:
+        control_summary, control_figures, control_records = _control_part(pipe, control_dir, trained, cfg, out,
+                                                                          provenance)
+    elif cfg.n_control_masks + cfg.n_control_boxes > 0:
+        log.info("demo: no ControlNet adapter beside the model; the spatial-control part is skipped")
+    write_manifest(out / "synthetic_manifest.jsonl", syn_records + extra_records + control_records)
 
     # 3. evaluate and report
     results, figures = evaluate_demo_model(classifier, heldout, heldout_images, syn_records, paired, trained,
@@ -299,6 +407,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     if nlm:
         figures.insert(1, _prompt_grid("Real radiology impressions (Indiana University / NLMCXR)",
                                        [r.impression for r in nlm], nlm_images, k, "Generated images per prompt"))
+    pos = int(bool(show)) + int(bool(nlm))
+    figures[pos:pos] = control_figures
+    if control_summary:
+        results["demo"]["control"] = control_summary
+    results["tables"] = _demo_tables(results["demo"])
     results["demo"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results["demo"]["config"] = asdict(cfg)
     results["demo"]["classifier"] = str(classifier_dir)
@@ -317,16 +430,41 @@ def _half_safetensors(src: Path, dst: Path) -> None:
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(dst))
 
 
+def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
+    """fp16 copy of an adapter trained on ``pipe`` with its base named relative to itself."""
+    import json
+
+    import torch
+
+    from chexgen.control_pipeline import CONTROL_INFO
+    from chexgen.models.controlnet import load_controlnet
+    from chexgen.utils import atomic_write_json
+
+    adapter = load_controlnet(str(control_dir), transformer=pipe.transformer)
+    info_path = control_dir / CONTROL_INFO
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    trained_on = info.get("base_checkpoint_sha256")
+    if trained_on and pipe.checkpoint_sha256() and trained_on != pipe.checkpoint_sha256():
+        raise ChexgenError(f"{control_dir}: adapter was trained on base weights {trained_on[:12]}..., not on the "
+                           f"pipeline being packed ({pipe.checkpoint_sha256()[:12]}...); retrain it on this base")
+    adapter.to(torch.float16).save_pretrained(str(dst), safe_serialization=True)
+    atomic_write_json(dst / CONTROL_INFO, {**info, "base_model": "../pipeline", "trained_on_base_sha256": trained_on,
+                                           "data": Path(str(info.get("data", ""))).name or None})
+
+
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
                     prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
-                    sampler: str = "iddpm", steps: int = 50) -> dict[str, Any]:
+                    sampler: str = "iddpm", steps: int = 50,
+                    control_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Assemble a demo model folder from training outputs, weights stored in fp16.
 
     The pipeline's sampling defaults become ``sampler`` / ``steps`` with latent clipping at
     ``clip_latents`` (what ``chexgen generate`` then uses with this model).
 
     ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
-    ``classifier/`` and ``prevalence.yaml``; the model card is written separately. Written into a
+    ``classifier/``, ``prevalence.yaml`` and, with ``control_dir`` (a ``chexgen train-control``
+    adapter trained on this pipeline), ``control/`` whose ``control_info.json`` names
+    ``../pipeline`` as its base; the model card is written separately. Written into a
     temporary folder that replaces ``dest`` at the end, so a failure leaves ``dest`` as it was.
     """
     import shutil
@@ -351,6 +489,8 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
         shutil.copy2(Path(classifier_dir) / "config.json", tmp / "classifier" / "config.json")
         _half_safetensors(Path(classifier_dir) / "model.safetensors", tmp / "classifier" / "model.safetensors")
         shutil.copy2(prevalence, tmp / "prevalence.yaml")
+        if control_dir is not None:
+            _pack_control(Path(control_dir), pipe, tmp / "control")
         keep = [p for p in ("MODEL_CARD.md",) if (dest / p).is_file()]
         for name in keep:  # the hand-written card survives a re-pack
             shutil.copy2(dest / name, tmp / name)

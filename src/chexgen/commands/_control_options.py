@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "spatial control",
-        "Place findings where a mask or a box says (needs --control-model). One image per condition (times "
+        "Place findings where a mask or a box says (with --control-model, or the bundled adapter). One image per condition (times "
         "--num-images-per-prompt); prompts: one for all conditions, one per condition, or the manifest's own text.",
     )
     g.add_argument("--control-model", metavar="DIR",
                    help="ControlNet adapter folder (from chexgen train-control); its base is --model, else the base "
-                        "recorded in the adapter's control_info.json")
+                        "recorded in the adapter's control_info.json. Default with --masks/--boxes and no --model: "
+                        "the bundled demo model's adapter")
     g.add_argument("--masks", metavar="PATH",
                    help="a folder of mask PNGs (binary, or label maps with --mask-classes) or a SIIM-style RLE CSV "
                         "(ImageId, EncodedPixels)")
@@ -118,7 +119,8 @@ def generate_with_control(
     from chexgen.utils import sha256_file
 
     if not args.control_model:
-        raise ChexgenError("--masks / --boxes need --control-model (an adapter from chexgen train-control)")
+        raise ChexgenError("--masks / --boxes need --control-model (an adapter from chexgen train-control); "
+                           "the bundled demo adapter is the default only when --model is not given")
     conditions = read_condition_inputs(args)
     import torch
 

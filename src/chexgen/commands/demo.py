@@ -24,6 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Images per showcase prompt and per real NLMCXR impression.")
     p.add_argument("--n-nlmcxr", type=int, default=d.n_nlmcxr,
                    help="Real impressions taken from the Indiana University reports shipped by torchxrayvision (0 = none).")
+    p.add_argument("--control", default=None, help="ControlNet adapter folder for the mask / box guided part "
+                   "(default: <model>/control when it exists).")
+    p.add_argument("--n-control-masks", type=int, default=d.n_control_masks,
+                   help="Real SIIM-ACR pneumothorax masks (shipped by torchxrayvision) to generate from (0 = none).")
+    p.add_argument("--n-control-boxes", type=int, default=d.n_control_boxes,
+                   help="Real NIH ChestX-ray14 boxes (shipped by torchxrayvision) to generate from (0 = none).")
+    p.add_argument("--control-images", type=int, default=d.control_images,
+                   help="Images per mask / box, each drawn with and without the adapter from the same seed.")
     p.add_argument("--sampler", default=d.sampler, help="Sampler: ddim, iddpm, dpmsolver++ or official.")
     p.add_argument("--steps", type=int, default=d.steps, help="Sampling steps.")
     p.add_argument("--guidance", type=float, default=d.guidance, help="Classifier-free guidance scale.")
@@ -38,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(chexgen train export) to pack, with --pack-classifier, --pack-prevalence and --pack-to.")
     g.add_argument("--pack-classifier", default=None, help="Classifier folder (chexgen downstream classifier).")
     g.add_argument("--pack-prevalence", default=None, help="The phantom prevalence file the model was trained with.")
+    g.add_argument("--pack-control", default=None, help="ControlNet adapter folder (chexgen train-control on the "
+                   "packed pipeline) to pack as control/.")
     g.add_argument("--pack-to", default=None, help="Destination demo model folder (weights stored in fp16).")
     g.add_argument("--pack-clip-latents", type=float, default=5.0, help="Latent clipping stored as the model's "
                    "sampling default (about the largest |latent| of the training cache; <= 0 turns it off).")
@@ -57,18 +67,24 @@ def run(args: argparse.Namespace) -> int:
             raise ChexgenError("--pack-pipeline also needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
         clip = args.pack_clip_latents if args.pack_clip_latents > 0 else None
         info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to,
-                               clip_latents=clip, sampler=args.sampler, steps=args.steps)
+                               clip_latents=clip, sampler=args.sampler, steps=args.steps,
+                               control_dir=args.pack_control)
         print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")
         return 0
     if args.n_heldout < 8:
         raise ChexgenError(f"--n-heldout must be at least 8 (FID and AUROC need a few cases), got {args.n_heldout}")
-    if args.images_per_prompt < 1:
-        raise ChexgenError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+    for name in ("images_per_prompt", "control_images"):
+        if getattr(args, name) < 1:
+            raise ChexgenError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("n_control_masks", "n_control_boxes", "n_nlmcxr"):
+        if getattr(args, name) < 0:
+            raise ChexgenError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.device == "cpu":
         torch.set_flush_denormal(True)
     cfg = DemoConfig(out=args.out, model=args.model, classifier=args.classifier, n_heldout=args.n_heldout,
                      heldout_seed=args.heldout_seed, images_per_prompt=args.images_per_prompt,
-                     n_nlmcxr=args.n_nlmcxr, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                     n_nlmcxr=args.n_nlmcxr, control=args.control, n_control_masks=args.n_control_masks,
+                     n_control_boxes=args.n_control_boxes, control_images=args.control_images, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                      seed=args.seed, batch_size=args.batch_size, bootstrap=args.bootstrap, device=args.device,
                      workers=args.workers, progress=not args.no_progress)
     html = run_demo(cfg)

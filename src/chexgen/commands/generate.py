@@ -105,6 +105,10 @@ def _run_control(args) -> int:
     if args.preset is not None:
         raise ChexgenError("--preset cannot be combined with --control-model")
     items = _collect_prompts(args, required=False)
+    if not args.control_model and args.model is None:  # the bundled demo model's adapter, when installed
+        bundled = demo_model_path().parent / "control"
+        if (bundled / "config.json").is_file():
+            args.control_model = str(bundled)
     n = generate_with_control(
         args, [i.prompt for i in items], args.out, model=str(args.model) if args.model else None,
         seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,

@@ -105,6 +105,14 @@ def render_html(results: dict, figures: Sequence[Figure] = (), title: str = "che
     s.body.append(_table(["item", "value"], [(k, json_str(v)) for k, v in inputs.items()], "inputs"))
     sections.append(s)
 
+    for t in results.get("tables", []):  # extra tables a caller puts first (e.g. the demo's quality bar)
+        s = _Section(str(t.get("title", "")))
+        if t.get("note"):
+            s.body.append(f'<p class="note">{html.escape(str(t["note"]))}</p>')
+        s.body.append(_table(list(t.get("columns", [])), [list(r) for r in t.get("rows", [])],
+                             str(t.get("id", "table"))))
+        sections.append(s)
+
     metrics = results.get("metrics", {})
     s = _Section("Metrics")
     rows = []
