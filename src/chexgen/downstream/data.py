@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from chexgen.data.conditions import decode_rle
 from chexgen.data.imageio import load_gray
 from chexgen.data.labels import LABEL_INDEX, labels_to_vector
 from chexgen.data.manifest import Record
@@ -87,31 +88,6 @@ def matching_masks(rec: Record, pattern: str | None) -> list:
     if not pattern:
         return []
     return [m for m in rec.masks if m.name == pattern or fnmatch.fnmatchcase(m.name, pattern)]
-
-
-def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
-    """Decode a SIIM-ACR run-length string (column-major, relative starts) into a bool (H, W) mask.
-
-    ``"-1"`` or an empty string is an empty mask.
-    """
-    flat = np.zeros(width * height, dtype=bool)
-    text = (rle or "").strip()
-    if text and text != "-1":
-        try:
-            nums = [int(t) for t in text.split()]
-        except ValueError:
-            raise ChexgenError(f"RLE mask: expected integers, got {text[:40]!r}") from None
-        if len(nums) % 2:
-            raise ChexgenError("RLE mask: expected pairs of (start, length)")
-        pos = 0
-        for start, length in zip(nums[0::2], nums[1::2]):
-            pos += start
-            if pos + length > flat.size:
-                raise ChexgenError(f"RLE mask: run {pos}+{length} exceeds a {width}x{height} image")
-            flat[pos : pos + length] = True
-            pos += length
-    # Column-major: reshape as (W, H) then transpose.
-    return flat.reshape(width, height).T
 
 
 class ManifestDataset(Dataset):

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from chexgen.data.conditions import decode_rle  # noqa: F401 - re-exported for the suite (one RLE decoder)
+
 __all__ = [
     "dice_iou",
     "boxes_to_mask",
@@ -45,23 +47,6 @@ def dice_iou(pred, target, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarr
     dice = np.where(empty, 1.0, 2 * inter / np.maximum(ps + ts, 1))
     iou = np.where(empty, 1.0, inter / np.maximum(union, 1))
     return dice, iou
-
-
-def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
-    """Decode a SIIM-ACR run-length mask (column-major; each start relative to the previous run's end).
-
-    ``"-1"`` or an empty string is an empty mask.
-    """
-    flat = np.zeros(width * height, dtype=bool)
-    tokens = [int(t) for t in str(rle).split()] if str(rle).strip() not in ("", "-1") else []
-    if len(tokens) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(tokens)})")
-    pos = 0
-    for start, length in zip(tokens[0::2], tokens[1::2]):
-        pos += start
-        flat[pos : pos + length] = True
-        pos += length
-    return flat.reshape(width, height).T
 
 
 def boxes_to_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from chexgen.data.conditions import decode_rle, encode_rle
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Mask, Record
 from chexgen.data.sources._common import Reject, SourceResult, find_file
@@ -51,27 +52,12 @@ def parse_rle(rle: str, width: int = SIZE, height: int = SIZE) -> np.ndarray:
 
 
 def rle_decode(rle: str, width: int = SIZE, height: int = SIZE) -> np.ndarray:
-    """Relative RLE -> bool mask of shape (height, width); ``"-1"`` or blank -> empty mask."""
-    flat = np.zeros(width * height, dtype=bool)
-    if rle.strip() not in ("", "-1"):
-        for start, length in parse_rle(rle, width, height):
-            flat[start:start + length] = True
-    return flat.reshape(width, height).T  # runs go down the columns
+    """Relative RLE -> bool mask of shape (height, width) at SIIM's 1024 px by default (see
+    :func:`chexgen.data.conditions.decode_rle`, the one decoder chexgen has)."""
+    return decode_rle(rle, width, height, where="SIIM RLE")
 
 
-def rle_encode(mask: np.ndarray) -> str:
-    """Bool mask (height, width) -> relative RLE (``"-1"`` when empty)."""
-    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
-    padded = np.concatenate([[False], flat, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    if len(edges) == 0:
-        return "-1"
-    starts, ends = edges[0::2], edges[1::2]
-    prev_end = np.concatenate([[0], ends[:-1]])
-    out = np.empty(2 * len(starts), dtype=np.int64)
-    out[0::2] = starts - prev_end
-    out[1::2] = ends - starts
-    return " ".join(map(str, out.tolist()))
+rle_encode = encode_rle  # bool mask (height, width) -> relative RLE, "-1" when empty
 
 
 def merge_runs(runs: np.ndarray) -> str:
