@@ -105,15 +105,22 @@ def _metric_table_rows(runs: dict[str, list[dict]], summaries: dict[str, Any], b
     return rows
 
 
-# -- augmentation -------------------------------------------------------------------------------
-def run_augment(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[str, Any]:
-    """Real only vs real + k x synthetic (k in ``cfg.multipliers``), label distribution kept, N seeds."""
+def _set_up(cfg: ExperimentConfig, cohort: Cohort | None):
+    """What every experiment starts with: the cohort, the output folder (config written), the label key,
+    the real test set and the real validation set (None without one)."""
     cohort = cohort or load_cohort(cfg)
     out = Path(cfg.output)
     _write_config(cfg, out)
     key = label_key_fn(cfg.task, cfg.classes, cfg.mask, cfg.uncertain_as)
     test = _dataset(cfg, [(cohort.test, cohort.real_root)], augment=False)
     val = _dataset(cfg, [(cohort.val, cohort.real_root)], augment=False) if cohort.val else None
+    return cohort, out, key, test, val
+
+
+# -- augmentation -------------------------------------------------------------------------------
+def run_augment(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[str, Any]:
+    """Real only vs real + k x synthetic (k in ``cfg.multipliers``), label distribution kept, N seeds."""
+    cohort, out, key, test, val = _set_up(cfg, cohort)
     conditions = ["real"] + [f"real+{k:g}x" for k in cfg.multipliers]
     runs: dict[str, list[dict]] = {c: [] for c in conditions}
     for seed in cfg.seeds:
@@ -172,12 +179,7 @@ def run_pretrain(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[st
 
     from chexgen.downstream.models import imagenet_weights_file
 
-    cohort = cohort or load_cohort(cfg)
-    out = Path(cfg.output)
-    _write_config(cfg, out)
-    key = label_key_fn(cfg.task, cfg.classes, cfg.mask, cfg.uncertain_as)
-    test = _dataset(cfg, [(cohort.test, cohort.real_root)], augment=False)
-    val = _dataset(cfg, [(cohort.val, cohort.real_root)], augment=False) if cohort.val else None
+    cohort, out, key, test, val = _set_up(cfg, cohort)
     positives = _positives_fn(cfg)
     cls_for_shots = list(cfg.classes) if cfg.task in ("classification", "detection") else ["mask"]
     inits = ["synthetic"] + [b for b in cfg.baselines if b != "synthetic"]
@@ -279,13 +281,8 @@ def _gradcam_cases(cfg: ExperimentConfig, cohort: Cohort, out: Path, runs: dict)
 # -- fairness ----------------------------------------------------------------------------------
 def run_fairness(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[str, Any]:
     """Subgroup metrics on real and synthetic test sets, their correlation, and parity mitigation."""
-    cohort = cohort or load_cohort(cfg)
-    out = Path(cfg.output)
-    _write_config(cfg, out)
-    key = label_key_fn(cfg.task, cfg.classes, cfg.mask, cfg.uncertain_as)
-    test = _dataset(cfg, [(cohort.test, cohort.real_root)], augment=False)
+    cohort, out, key, test, val = _set_up(cfg, cohort)
     stest = _dataset(cfg, [(cohort.synthetic_test, cohort.synthetic_test_root)], augment=False) if cohort.synthetic_test else None
-    val = _dataset(cfg, [(cohort.val, cohort.real_root)], augment=False) if cohort.val else None
 
     def groups_of(res: FitResult, records: list[Record]) -> list[dict]:
         order = np.argsort(res.outputs["index"])
