@@ -143,6 +143,13 @@ def test_interrupted_run_resumes_to_identical_weights_and_exports(prepared, tmp_
     torch.testing.assert_close(pipe.transformer.null_caption.data, ema["shadow.null_caption"])
     out = pipe(["Large right pleural effusion."], num_inference_steps=2, progress=False)
     assert out.images.shape == (1, 1, RES, RES)
+    # latent clipping defaults to the cache's largest |latent| rounded up to 0.5
+    from chexgen.training.cache import CachedFeatures
+
+    ds = CachedFeatures(cache)
+    biggest = max(float(ds[i]["latent_mean"].float().abs().max()) for i in range(len(ds)))
+    assert biggest <= pipe.config.clip_latents < biggest + 0.5 and pipe.config.clip_latents % 0.5 == 0
+    assert CachedFeatures(cache, preload=False).latent_abs_max() == ds.latent_abs_max() == biggest
 
 
 def test_wall_clock_budget_stops_and_checkpoints(prepared, tmp_path):

@@ -469,6 +469,19 @@ class CachedFeatures(Dataset):
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def latent_abs_max(self) -> float:
+        """Largest |cached latent mean| over the whole cache (one shard in memory at a time)."""
+        best = 0.0
+        for s, f in enumerate(self.files):
+            if self._tables is not None:
+                means = self._tables[s]["latent_mean"]
+            else:
+                with safe_open(str(f), framework="pt") as h:
+                    means = h.get_tensor("latent_mean")
+            if means.numel():
+                best = max(best, float(means.float().abs().max()))
+        return best
+
     def _locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):
             raise IndexError(i)

@@ -106,6 +106,9 @@ class TrainConfig(LoopConfig):
     sample_steps: int = 25
     sample_guidance: float = 4.0
     export: bool = True  # write a pipeline folder (output_dir/pipeline) from the EMA weights at the end
+    # clamp of predicted clean latents stored in the exported pipeline (its sampling default); None = the
+    # largest |latent| of the cache rounded up to 0.5 (off when encoding on the fly); 0 = off
+    clip_latents: float | None = None
 
 
 @dataclass
@@ -369,6 +372,9 @@ HELP: dict[str, str] = {
     "sample_steps": "sampler steps for sample grids",
     "sample_guidance": "classifier-free guidance scale for sample grids",
     "export": "write an inference folder at the end from the EMA weights",
+    "clip_latents": "clamp predicted clean latents to +-this while sampling, stored in the exported pipeline "
+                    "(keeps a young model's images from saturating); default: the largest |latent| of the cache "
+                    "rounded up to 0.5; 0 = off",
     "kl_weight": "weight of the KL term",
     "ssim_weight": "weight of the (1 - SSIM) term",
     "l1_weight": "weight of the L1 term",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import logging
 import os
 from pathlib import Path
@@ -193,8 +194,11 @@ def build_text_to_image_task(cfg: TrainConfig) -> TrainingTask:
 
     objective = DiffusionObjective(caption_dropout=cfg.caption_dropout, latent_sampling=cfg.latent_sampling,
                                    encoder=encoder)
+    clip = cfg.clip_latents
+    if clip is None and not cfg.encode_on_the_fly:
+        clip = math.ceil(dataset.latent_abs_max() * 2) / 2 or None
     assets = _PipelineAssets(preset.name, vae_spec, text_spec, resolution, prompt_cleaning,
-                             encoder=encoder)
+                             encoder=encoder, clip_latents=clip if clip else None)
     return TrainingTask(
         name="text-to-image",
         model=model,
@@ -212,9 +216,10 @@ def build_text_to_image_task(cfg: TrainConfig) -> TrainingTask:
 class _PipelineAssets:
     """Loads VAE + text encoder only when sampling or exporting (main process, end of run)."""
 
-    def __init__(self, preset_name, vae_spec, text_spec, resolution, prompt_cleaning, encoder=None) -> None:
+    def __init__(self, preset_name, vae_spec, text_spec, resolution, prompt_cleaning, encoder=None,
+                 clip_latents: float | None = None) -> None:
         self.preset_name, self.vae_spec, self.text_spec = preset_name, vae_spec, text_spec
-        self.resolution, self.prompt_cleaning = resolution, prompt_cleaning
+        self.resolution, self.prompt_cleaning, self.clip_latents = resolution, prompt_cleaning, clip_latents
         self._vae = encoder.vae if encoder is not None else None
         self._text = encoder.text_encoder if encoder is not None else None
 
@@ -234,7 +239,8 @@ class _PipelineAssets:
         device = next(transformer.parameters()).device
         vae, text = self.components(device)
         config = PipelineConfig(preset=self.preset_name, resolution=self.resolution, text_encoder=self.text_spec,
-                                vae=self.vae_spec, prompt_cleaning=self.prompt_cleaning)
+                                vae=self.vae_spec, prompt_cleaning=self.prompt_cleaning,
+                                clip_latents=self.clip_latents)
         return ChexGenPipeline(transformer, vae, text, config=config)
 
     def sample(self, transformer: nn.Module, prompts: Sequence[str], steps: int, guidance: float, seed: int):
