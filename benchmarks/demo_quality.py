@@ -1,13 +1,15 @@
 """Quality bar of the bundled demo model, and the demo's wall time.
 
-    python benchmarks/demo_quality.py [--n 256] [--model DIR] [--skip-demo]
+    python benchmarks/demo_quality.py [--n 256] [--model DIR] [--guidance 4 7] [--skip-demo]
 
 1. Renders ``--n`` held-out phantom cases (seed 1000; the model was trained on seed 0), generates one
    image from each case's impression, and scores both sets with the phantom classifier shipped beside
    the model: per-class AUROC of the generated images against the prompts' labels (mean over the
    findings the model was trained on) next to the classifier's AUROC on the real held-out images, and
    FID on the classifier's features (real vs generated) next to the FID between two halves of the real set.
-2. Times one default ``chexgen demo`` run (the "at most 5 minutes on 2 CPU cores" target).
+   Several ``--guidance`` values are scored on the same cases and seeds, one table each.
+2. Times one default ``chexgen demo`` run (the "at most 5 minutes on 2 CPU cores" target) and prints the
+   localisation ratios of its spatial-control part (real SIIM masks / NIH boxes, with vs without the adapter).
 
 Prints one table; numbers are measured in this run on this machine.
 """
@@ -32,7 +34,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="demo model folder (default: the bundled one)")
     ap.add_argument("--sampler", default=None, help="sampler (default: the model's, IDDPM for the bundled one)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    ap.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[4.0],
+                    help="classifier-free guidance scale(s); several values give one row each (same seeds)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--skip-demo", action="store_true", help="do not time a default `chexgen demo` run")
     args = ap.parse_args()
@@ -46,7 +49,7 @@ def main() -> int:
     from chexgen.pipeline import ChexGenPipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
-    cfg = DemoConfig(model=args.model, guidance=args.guidance, progress=True)
+    cfg = DemoConfig(model=args.model, progress=True)
     pipeline_dir, classifier_dir, prevalence = _resolve_model(cfg)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
     clf = load_classifier(classifier_dir)
@@ -62,18 +65,21 @@ def main() -> int:
 
     prompts = [r.impression for r in heldout]
     seeds = list(range(len(heldout)))
-    t0 = time.perf_counter()
     sampler = args.sampler or pipe.config.default_sampler
     steps = args.steps or pipe.config.num_inference_steps
-    out = pipe(prompts, seeds=seeds, sampler=sampler, num_inference_steps=steps, guidance_scale=args.guidance,
-               batch_size=16)
-    t_gen = time.perf_counter() - t0
-    gen = out.images[:, 0].numpy()
-    syn = _synthetic_records(heldout, prompts, seeds, gen, work / "generated", "paired", {"model": str(pipeline_dir)})
-    results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
-    d = results["demo"]
+    rows = []
+    for guidance in args.guidance:
+        t0 = time.perf_counter()
+        out = pipe(prompts, seeds=seeds, sampler=sampler, num_inference_steps=steps, guidance_scale=guidance,
+                   batch_size=16)
+        t_gen = time.perf_counter() - t0
+        gen = out.images[:, 0].numpy()
+        syn = _synthetic_records(heldout, prompts, seeds, gen, work / f"generated_cfg{guidance:g}", "paired",
+                                 {"model": str(pipeline_dir), "guidance": guidance})
+        results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
+        rows.append((guidance, t_gen, results["demo"], results["metrics"]))
 
-    demo_seconds = None
+    demo_seconds, control = None, None
     if not args.skip_demo:
         cmd = [sys.executable, "-m", "chexgen.cli", "demo", "--out", str(work / "demo"), "--no-progress"]
         if args.model:
@@ -81,26 +87,36 @@ def main() -> int:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         demo_seconds = time.perf_counter() - t0
+        control = json.loads((work / "demo" / "metrics.json").read_text())["demo"].get("control")
 
     print()
-    print(f"held-out phantom cases: {len(heldout)} (rendered in {t_render:.1f} s); generated {len(gen)} images in "
-          f"{t_gen:.1f} s ({len(gen) / t_gen:.2f} img/s, {sampler} {steps} steps, CFG {args.guidance}, "
-          f"clip_latents {pipe.config.clip_latents})")
-    print(f"{'finding':28s} {'AUROC generated':>16s} {'AUROC real':>11s}")
-    for c in trained:
-        print(f"{c:28s} {d['auroc_generated_per_class'][c]:16.3f} {d['auroc_real_per_class'][c]:11.3f}")
-    print(f"{'mean':28s} {d['auroc_generated_mean']:16.3f} {d['auroc_real_mean']:11.3f}   (bar: generated >= 0.80)")
-    print(f"FID (classifier features): real vs generated {d['fid_real_vs_generated']:.3f}; "
-          f"real half vs half {d['fid_real_half_vs_half']:.3f}")
-    m = results["metrics"]
-    for key in ("pearson", "diversity_ssim", "precision", "recall"):
-        if key in m:
-            print(f"{key}: {m[key]['value']:.3f} [{m[key].get('low', float('nan')):.3f}, "
-                  f"{m[key].get('high', float('nan')):.3f}]")
+    print(f"held-out phantom cases: {len(heldout)} (rendered in {t_render:.1f} s); {sampler} {steps} steps, "
+          f"clip_latents {pipe.config.clip_latents}")
+    for guidance, t_gen, d, m in rows:
+        print(f"\n== guidance {guidance:g}: generated {len(heldout)} images in {t_gen:.1f} s "
+              f"({len(heldout) / t_gen:.2f} img/s)")
+        print(f"{'finding':28s} {'AUROC generated':>16s} {'AUROC real':>11s}")
+        for c in trained:
+            print(f"{c:28s} {d['auroc_generated_per_class'][c]:16.3f} {d['auroc_real_per_class'][c]:11.3f}")
+        print(f"{'mean':28s} {d['auroc_generated_mean']:16.3f} {d['auroc_real_mean']:11.3f}   (bar: generated >= 0.80)")
+        print(f"FID (classifier features): real vs generated {d['fid_real_vs_generated']:.3f}; "
+              f"real half vs half {d['fid_real_half_vs_half']:.3f}")
+        for key in ("pearson", "diversity_ssim", "precision", "recall"):
+            if key in m:
+                print(f"{key}: {m[key]['value']:.3f} [{m[key].get('low', float('nan')):.3f}, "
+                      f"{m[key].get('high', float('nan')):.3f}]")
     if demo_seconds is not None:
-        print(f"`chexgen demo` wall time: {demo_seconds:.1f} s (target <= 300 s on 2 CPU cores)")
-    (work / "demo_quality.json").write_text(json.dumps({"demo": d, "generate_seconds": t_gen,
-                                                        "demo_seconds": demo_seconds}, indent=2, default=float))
+        print(f"\n`chexgen demo` wall time: {demo_seconds:.1f} s (target <= 300 s on 2 CPU cores)")
+    if control:
+        print(f"demo control part ({control['n_conditions']} real conditions x {control['images_per_condition']} "
+              f"images): localisation ratio mean {control['localisation_ratio_mean']:.2f}; by source "
+              + ", ".join(f"{k} {v:.2f}" for k, v in control["localisation_ratio_by_source"].items()))
+        for e in control["examples"]:
+            print(f"  {e['source']:14s} {e['label']:17s} area {e['area_fraction']:.3f}  ratio "
+                  f"{e['localisation_ratio']:.2f}  \"{e['prompt']}\"")
+    (work / "demo_quality.json").write_text(json.dumps(
+        {"runs": [{"guidance": g, "generate_seconds": t, "demo": d} for g, t, d, _ in rows],
+         "demo_seconds": demo_seconds, "control": control}, indent=2, default=float))
     print(f"details: {work / 'demo_quality.json'}")
     return 0
 

@@ -15,6 +15,7 @@ PREVALENCE="$HERE/demo_prevalence.yaml"
 THREADS="${CHEXGEN_THREADS:-2}"
 VAE_MINUTES="${VAE_MINUTES:-10}"
 DIT_MINUTES="${DIT_MINUTES:-35}"
+CONTROL_MINUTES="${CONTROL_MINUTES:-20}"
 mkdir -p "$WORK"
 
 # 1. 4,000 phantom radiographs at 128 px (seed 0) with the demo's eight findings
@@ -37,6 +38,15 @@ chexgen train "$WORK/cache" --preset tiny-f4 --vae "$WORK/vae/vae" --output-dir 
 chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
   --arch resnet18 --init scratch --image-size 128 --epochs 6 --batch-size 32 --lr 1e-3 --num-threads "$THREADS"
 
-# 6. pack: fp16 weights into DEST (the model card there is kept)
+# 6. spatial control: finding masks or boxes (alternating per case) as condition latents, then a ControlNet
+#    adapter (3 copied blocks) on the frozen DiT of step 4
+chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae/vae" --out "$WORK/cache-control" \
+  --device cpu --conditions --condition-kinds finding --condition-style alternate
+chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" \
+  --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$CONTROL_MINUTES" \
+  --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+
+# 7. pack: fp16 weights into DEST (the model card there is kept)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
-  --pack-prevalence "$PREVALENCE" --pack-to "$DEST" --pack-clip-latents 5 --sampler iddpm --steps 50
+  --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
+  --pack-clip-latents 5 --sampler iddpm --steps 50
