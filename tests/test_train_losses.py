@@ -116,3 +116,29 @@ def test_rejects_single_width_output():
     x = torch.zeros(1, 4, 2, 2)
     with pytest.raises(ValueError, match="2 x 4"):
         learned_variance_loss(x, x, x, x, torch.tensor([3]), const)
+
+
+def test_min_snr_weighting_scales_only_the_clean_timesteps_mse():
+    schedule = NoiseSchedule()
+    const = VBConstants.from_schedule(schedule)
+    g = torch.Generator().manual_seed(0)
+    ts = torch.tensor([5, 100, 300, 600, 999])
+    shape = (len(ts), 2, 4, 4)
+    x0 = torch.rand(shape, generator=g) * 2 - 1
+    noise = torch.randn(shape, generator=g)
+    xt = schedule.add_noise(x0, noise, ts)
+    pred = torch.cat([noise + 0.2 * torch.randn(shape, generator=g), torch.rand(shape, generator=g) * 2 - 1], 1)
+    plain = learned_variance_loss(pred, x0, xt, noise, ts, const)
+    weighted = learned_variance_loss(pred, x0, xt, noise, ts, const, snr_gamma=5.0)
+    # SNR from the schedule directly: alphabar / (1 - alphabar)
+    abar = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))[ts.numpy()]
+    snr = abar / (1 - abar)
+    mse = ((pred[:, :2] - noise) ** 2).mean(dim=(1, 2, 3)).numpy()
+    vb = plain.per_sample.numpy() - mse
+    expected = mse * np.minimum(snr, 5.0) / snr + vb
+    np.testing.assert_allclose(weighted.per_sample.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert snr[0] > 5 > snr[-1]  # both regimes are covered: the first sample is down-weighted, the last is not
+    assert weighted.per_sample[0] < plain.per_sample[0] and weighted.per_sample[-1] == plain.per_sample[-1]
+    assert float(weighted.mse) == float(plain.mse)  # the logged MSE stays unweighted
+    with pytest.raises(ValueError, match="snr_gamma"):
+        learned_variance_loss(pred, x0, xt, noise, ts, const, snr_gamma=0.0)

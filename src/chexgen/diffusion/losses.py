@@ -150,11 +150,16 @@ def learned_variance_loss(
     timesteps: Tensor,
     constants: VBConstants,
     vb_weight: float | None = None,
+    snr_gamma: float | None = None,
 ) -> LossOutput:
     """The hybrid objective for a ``[eps, v]`` model output of shape (B, 2C, ...).
 
     Computed in float32 (bf16 activations are upcast) so the variance term's small
     logs stay accurate. ``vb_weight`` defaults to T / 1000 (see module docstring).
+    ``snr_gamma`` turns on min-SNR weighting of the epsilon MSE (Hang et al. 2023): a
+    sample at timestep t is weighted ``min(SNR_t, gamma) / SNR_t``, i.e. the nearly clean
+    timesteps (SNR above gamma) count less and the noisy ones, where the coarse layout of
+    the image is decided, count as before. The logged ``mse`` stays unweighted.
     """
     c = x_start.shape[1]
     if model_output.shape[1] != 2 * c:
@@ -190,5 +195,11 @@ def learned_variance_loss(
     weight = constants.num_timesteps / 1000.0 if vb_weight is None else vb_weight
     vb = vb * weight
 
-    per_sample = mse + vb
+    mse_term = mse
+    if snr_gamma is not None:
+        if snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
+        snr = 1.0 / _gather(constants.sqrt_recipm1_alphas_cumprod, timesteps, mse).pow(2)
+        mse_term = mse * torch.clamp(snr, max=snr_gamma) / snr
+    per_sample = mse_term + vb
     return LossOutput(loss=per_sample.mean(), mse=mse.mean().detach(), vb=vb.mean().detach(), per_sample=per_sample.detach())

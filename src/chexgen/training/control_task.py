@@ -168,7 +168,7 @@ def build_control_task(cfg: ControlTrainConfig) -> TrainingTask:
 
     empty = blank_condition_latent(base.vae, resolution)
     objective = DiffusionObjective(caption_dropout=cfg.caption_dropout, latent_sampling=cfg.latent_sampling,
-                                   extra_inputs=ControlInputs(cfg.condition_name, empty))
+                                   extra_inputs=ControlInputs(cfg.condition_name, empty), snr_gamma=cfg.snr_gamma)
     collate = functools.partial(collate_features, pad_to=te.max_length)
     sample_rows = [dataset[i] for i in (range(min(4, len(dataset))) if cfg.missing_condition == "skip"
                                         else with_cond[:4])]

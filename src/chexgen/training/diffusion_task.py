@@ -66,6 +66,7 @@ class DiffusionObjective:
         latent_sampling: str = "sample",
         encoder: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         extra_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        snr_gamma: float | None = None,
     ) -> None:
         self.schedule = schedule or NoiseSchedule()
         self.constants = VBConstants.from_schedule(self.schedule)
@@ -73,6 +74,7 @@ class DiffusionObjective:
         self.latent_sampling = latent_sampling
         self.encoder = encoder
         self.extra_inputs = extra_inputs
+        self.snr_gamma = snr_gamma
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.encoder is not None and "image" in batch:
@@ -102,7 +104,7 @@ class DiffusionObjective:
             mask = torch.where(drop[:, None], null_mask.to(mask.dtype), mask)
         extra = self.extra_inputs(batch) if self.extra_inputs is not None else {}
         pred = model(xt, t, text, mask, **extra)
-        out = learned_variance_loss(pred, x0, xt, noise, t, self.constants)
+        out = learned_variance_loss(pred, x0, xt, noise, t, self.constants, snr_gamma=self.snr_gamma)
         return {"loss": out.loss, "mse": out.mse, "vb": out.vb}
 
 
@@ -193,7 +195,7 @@ def build_text_to_image_task(cfg: TrainConfig) -> TrainingTask:
         load_stage1_weights(model, cfg.init_from, reinit_null_caption=cfg.reinit_null_caption)
 
     objective = DiffusionObjective(caption_dropout=cfg.caption_dropout, latent_sampling=cfg.latent_sampling,
-                                   encoder=encoder)
+                                   encoder=encoder, snr_gamma=cfg.snr_gamma)
     clip = cfg.clip_latents
     if clip is None and not cfg.encode_on_the_fly:
         clip = math.ceil(dataset.latent_abs_max() * 2) / 2 or None
