@@ -5,7 +5,7 @@
 #
 # WORK_DIR (default runs/demo-model) receives the phantom cohort, the VAE, the feature cache, the DiT run
 # and the classifier; DEST (default src/chexgen/assets/demo) receives the packed model (fp16 weights).
-# On 2 CPU cores this takes about an hour (the time budgets below); on a GPU raise the budgets / steps.
+# On 2 CPU cores this takes about 3 hours (the time budgets below); on a GPU raise the budgets / steps.
 # Every step resumes where it stopped if the script is run again.
 set -euo pipefail
 WORK="${1:-runs/demo-model}"
@@ -14,8 +14,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 PREVALENCE="$HERE/demo_prevalence.yaml"
 THREADS="${CHEXGEN_THREADS:-2}"
 VAE_MINUTES="${VAE_MINUTES:-10}"
-DIT_MINUTES="${DIT_MINUTES:-35}"
-CONTROL_MINUTES="${CONTROL_MINUTES:-20}"
+DIT_MINUTES="${DIT_MINUTES:-130}"
+CONTROL_MINUTES="${CONTROL_MINUTES:-14}"
 mkdir -p "$WORK"
 
 # 1. 4,000 phantom radiographs at 128 px (seed 0) with the demo's eight findings
@@ -32,7 +32,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae
 # 4. the tiny DiT (text-to-image), EMA weights exported as a pipeline folder
 chexgen train "$WORK/cache" --preset tiny-f4 --vae "$WORK/vae/vae" --output-dir "$WORK/dit" \
   --batch-size 32 --learning-rate 3e-4 --lr-warmup-steps 100 --max-steps 100000 --max-minutes "$DIT_MINUTES" \
-  --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+  --snr-gamma 5 --checkpoint-every 250 --num-threads "$THREADS" --no-progress
 
 # 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
 chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
@@ -44,7 +44,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae
   --device cpu --conditions --condition-kinds finding --condition-style alternate
 chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" \
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$CONTROL_MINUTES" \
-  --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+  --snr-gamma 5 --checkpoint-every 250 --num-threads "$THREADS" --no-progress
 
 # 7. pack: fp16 weights into DEST (the model card there is kept)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
