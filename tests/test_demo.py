@@ -56,6 +56,7 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     metrics = json.loads((out / "metrics.json").read_text())
     demo = metrics["demo"]
     assert demo["n_real"] == 10 and demo["n_generated"] == 10
+    assert demo["config"]["guidance"] == 4.0  # the model's own default when --guidance is not given
     assert set(demo["auroc_real_per_class"]) == set(CLASSES)
     assert np.isfinite(demo["fid_real_vs_generated"]) and np.isfinite(demo["fid_real_half_vs_half"])
     # a random generator is far from the real phantom images; two halves of the real set are close
@@ -105,7 +106,7 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     dest = tmp_path / "packed"
     code = main(["demo", "--pack-pipeline", str(demo_model / "pipeline"), "--pack-classifier",
                  str(demo_model / "classifier"), "--pack-prevalence", str(demo_model / "prevalence.yaml"),
-                 "--pack-to", str(dest), "--pack-control", str(demo_model / "control")])
+                 "--pack-to", str(dest), "--pack-control", str(demo_model / "control"), "--guidance", "6.5"])
     assert code == 0
     from safetensors.torch import load_file
 
@@ -115,6 +116,7 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     b = ChexGenPipeline.from_pretrained(dest / "pipeline")
     assert next(b.transformer.parameters()).dtype == torch.float32  # computes in fp32 after loading fp16
     assert (b.config.clip_latents, b.config.default_sampler, b.config.num_inference_steps) == (5.0, "iddpm", 50)
+    assert b.config.guidance_scale == 6.5  # the demo and `chexgen generate` use it when no --guidance is given
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(a.vae.encode(x), b.vae.encode(x), atol=2e-2)

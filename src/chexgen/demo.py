@@ -29,7 +29,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,7 +69,7 @@ class DemoConfig:
     control_images: int = 2  # per mask / box, each with and without the adapter (same seed)
     sampler: str = "iddpm"  # with the model's latent clipping: the cleanest samples of the CPU-trained model
     steps: int = 50
-    guidance: float = 4.0
+    guidance: float | None = None  # None = the model's own default (the bundled model stores its tuned value)
     seed: int = 0
     batch_size: int = 16
     bootstrap: int = 200
@@ -352,6 +352,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     log.info("demo: model %s", pipeline_dir)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir).to(cfg.device)
+    if cfg.guidance is None:
+        cfg = replace(cfg, guidance=pipe.config.guidance_scale)
     classifier = load_classifier(classifier_dir)
     trained = [c for c in classifier.class_names if c != "No Finding"]
 
@@ -454,12 +456,12 @@ def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
 
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
                     prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
-                    sampler: str = "iddpm", steps: int = 50,
+                    sampler: str = "iddpm", steps: int = 50, guidance: float | None = None,
                     control_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Assemble a demo model folder from training outputs, weights stored in fp16.
 
-    The pipeline's sampling defaults become ``sampler`` / ``steps`` with latent clipping at
-    ``clip_latents`` (what ``chexgen generate`` then uses with this model).
+    The pipeline's sampling defaults become ``sampler`` / ``steps`` (and ``guidance`` when given) with
+    latent clipping at ``clip_latents`` (what ``chexgen generate`` then uses with this model).
 
     ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
     ``classifier/``, ``prevalence.yaml`` and, with ``control_dir`` (a ``chexgen train-control``
@@ -480,6 +482,8 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
     pipe.config.clip_latents = clip_latents
     pipe.config.default_sampler = sampler
     pipe.config.num_inference_steps = steps
+    if guidance is not None:
+        pipe.config.guidance_scale = float(guidance)
     load_classifier(classifier_dir)  # fails early on a broken classifier folder
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))

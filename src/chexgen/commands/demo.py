@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Images per mask / box, each drawn with and without the adapter from the same seed.")
     p.add_argument("--sampler", default=d.sampler, help="Sampler: ddim, iddpm, dpmsolver++ or official.")
     p.add_argument("--steps", type=int, default=d.steps, help="Sampling steps.")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="Classifier-free guidance scale.")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="Classifier-free guidance scale (default: the "
+                   "model's own; with --pack-*: stored as the packed model's default).")
     p.add_argument("--seed", type=int, default=d.seed, help="Base seed of the generated images.")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="Images per sampling batch.")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="Bootstrap draws for confidence intervals.")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise ChexgenError("--pack-pipeline also needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
         clip = args.pack_clip_latents if args.pack_clip_latents > 0 else None
         info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to,
-                               clip_latents=clip, sampler=args.sampler, steps=args.steps,
+                               clip_latents=clip, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                control_dir=args.pack_control)
         print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")
         return 0
