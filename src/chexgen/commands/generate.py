@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"One of {', '.join(SAMPLER_NAMES)} (default: the model's, normally ddim).")
     s.add_argument("--steps", type=int, default=None,
                    help="Sampling steps (default: the sampler's: ddim 100, iddpm 100, dpmsolver++ 20, official 100).")
-    s.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale (default: the model's own, 4.0 unless it stores another).")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="Classifier-free guidance scale (default: the model's own, 4.0 unless it stores another).")
     o = parser.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="Output folder: images/*.png, manifest.jsonl, generation.json. Rerunning resumes.")
