@@ -177,3 +177,15 @@ def test_in_memory_sets_for_library_callers():
     assert res["inputs"]["n_matched"] == 6 and res["diversity"]["n_groups"] == 3
     assert np.isfinite(res["metrics"]["fid"]["value"]) and res["memorisation"]["n_flagged"] == 0
     assert any(f.section == "Memorisation" for f in figs)
+
+
+def test_summary_tables_come_first_and_are_escaped():
+    from chexgen.evaluation.report import render_html
+
+    results = {"inputs": {"n": 3}, "metrics": {},
+               "tables": [{"title": "Summary <b>", "columns": ["finding", "AUROC"], "note": "a < b",
+                           "rows": [["Edema", 0.91234567], ["<script>", float("nan")]]}]}
+    page = render_html(results)
+    assert page.index("Summary &lt;b&gt;") < page.index("<h2>Inputs</h2>")
+    assert "<td>0.9123</td>" in page and "&lt;script&gt;" in page and "<script>" not in page
+    assert '<p class="note">a &lt; b</p>' in page and "<td>–</td>" in page  # NaN shown as a dash

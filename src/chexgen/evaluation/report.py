@@ -100,18 +100,18 @@ def render_html(results: dict, figures: Sequence[Figure] = (), title: str = "che
     """Render the results dict and figures as one HTML page (string)."""
     sections: list[_Section] = []
 
-    inputs = results.get("inputs", {})
-    s = _Section("Inputs")
-    s.body.append(_table(["item", "value"], [(k, json_str(v)) for k, v in inputs.items()], "inputs"))
-    sections.append(s)
-
-    for t in results.get("tables", []):  # extra tables a caller puts first (e.g. the demo's quality bar)
+    for t in results.get("tables", []):  # summary tables a caller puts first (e.g. the demo's quality bar)
         s = _Section(str(t.get("title", "")))
         if t.get("note"):
             s.body.append(f'<p class="note">{html.escape(str(t["note"]))}</p>')
         s.body.append(_table(list(t.get("columns", [])), [list(r) for r in t.get("rows", [])],
                              str(t.get("id", "table"))))
         sections.append(s)
+
+    inputs = results.get("inputs", {})
+    s = _Section("Inputs")
+    s.body.append(_table(["item", "value"], [(k, json_str(v)) for k, v in inputs.items()], "inputs"))
+    sections.append(s)
 
     metrics = results.get("metrics", {})
     s = _Section("Metrics")
