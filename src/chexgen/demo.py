@@ -253,7 +253,7 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
     from chexgen.control_pipeline import ChexGenControlPipeline
     from chexgen.data.imageio import save_png
-    from chexgen.demo_control import localisation_ratio, real_control_examples
+    from chexgen.demo_control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
 
@@ -287,11 +287,9 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
             save_png(out / rel, on_img[j], text={"chexgen:synthetic": "true", "chexgen:prompt": ex.prompt,
                                                  "chexgen:seed": str(seeds[j])})
             save_png(out / cond_rel, drawn[j])
-            labels = {name: 0 for name in LABELS}
-            labels[ex.label] = 1
             records.append(Record(
                 id=rid, image=rel, dataset="chexgen-demo", view="PA", width=on_img.shape[2], height=on_img.shape[1],
-                labels=labels, impression=ex.prompt, synthetic=True,
+                labels=one_hot_labels(ex.label), impression=ex.prompt, synthetic=True,
                 provenance={**provenance, "prompt": ex.prompt, "seed": seeds[j], "control_model": str(control_dir)},
                 extra={"condition_source": f"{ex.source} (torchxrayvision)", "condition_id": ex.condition.id,
                        "condition_image": cond_rel},

@@ -24,7 +24,7 @@ from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
 from chexgen.errors import ChexgenError
 
-__all__ = ["ControlExample", "real_control_examples", "condition_impression", "localisation_ratio"]
+__all__ = ["ControlExample", "real_control_examples", "condition_impression", "localisation_ratio", "one_hot_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ class ControlExample:
     label: str  # the CheXpert label the condition marks
     prompt: str
     source: str  # "SIIM-ACR mask" | "NIH box"
+
+
+def one_hot_labels(label: str) -> dict[str, int]:
+    """All 14 labels negative except ``label`` (the record of a single-finding condition)."""
+    if label not in LABELS:
+        raise ChexgenError(f"{label!r} is not one of the 14 CheXpert labels")
+    return {name: int(name == label) for name in LABELS}
 
 
 def _centroid(cond: ConditionInput) -> tuple[float, float, float]:
@@ -70,8 +77,7 @@ def condition_impression(cond: ConditionInput, label: str, seed: int = 0) -> str
     """
     from chexgen.curation.report_writer import TemplateReportWriter
 
-    if label not in LABELS:
-        raise ChexgenError(f"{label!r} is not one of the 14 CheXpert labels")
+    labels = one_hot_labels(label)
     x, y, area = _centroid(cond)
     side = "right" if x < 0.5 else "left"
     zone = "upper" if y < 0.42 else ("middle" if y < 0.6 else "lower")
@@ -81,8 +87,6 @@ def condition_impression(cond: ConditionInput, label: str, seed: int = 0) -> str
         detail["side"] = side
     elif label in ("Atelectasis", "Consolidation", "Lung Lesion", "Pneumonia", "Lung Opacity"):
         detail.update(side=side, zone=zone)
-    labels = {name: 0 for name in LABELS}
-    labels[label] = 1
     record = Record(id=f"control-{cond.id}", view="PA", labels=labels, extra={"findings": [detail]})
     return TemplateReportWriter(seed=seed).write(record).impression
 
@@ -110,7 +114,8 @@ def real_control_examples(n_masks: int, n_boxes: int, trained: Sequence[str], se
             conds = []
         conds = [c for c in conds if _centroid(c)[2] >= min_area]
         for c in rng.sample(conds, min(n_masks, len(conds))):
-            out.append(ControlExample(c, "Pneumothorax", condition_impression(c, "Pneumothorax", seed), "SIIM-ACR mask"))
+            prompt = condition_impression(c, "Pneumothorax", seed)
+            out.append(ControlExample(c, "Pneumothorax", prompt, "SIIM-ACR mask"))
     if n_boxes > 0:
         try:
             conds = read_box_csv(xrv_data_file(NIH_BOX_FILE))

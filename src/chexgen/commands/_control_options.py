@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "spatial control",
-        "Place findings where a mask or a box says (with --control-model, or the bundled adapter). One image per condition (times "
+        "Place findings where a mask or a box says (with --control-model, or the bundled adapter). "
+        "One image per condition (times "
         "--num-images-per-prompt); prompts: one for all conditions, one per condition, or the manifest's own text.",
     )
     g.add_argument("--control-model", metavar="DIR",

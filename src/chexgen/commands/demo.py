@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=args.out, model=args.model, classifier=args.classifier, n_heldout=args.n_heldout,
                      heldout_seed=args.heldout_seed, images_per_prompt=args.images_per_prompt,
                      n_nlmcxr=args.n_nlmcxr, control=args.control, n_control_masks=args.n_control_masks,
-                     n_control_boxes=args.n_control_boxes, control_images=args.control_images, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                     n_control_boxes=args.n_control_boxes, control_images=args.control_images,
+                     sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                      seed=args.seed, batch_size=args.batch_size, bootstrap=args.bootstrap, device=args.device,
                      workers=args.workers, progress=not args.no_progress)
     html = run_demo(cfg)

@@ -472,12 +472,8 @@ class CachedFeatures(Dataset):
     def latent_abs_max(self) -> float:
         """Largest |cached latent mean| over the whole cache (one shard in memory at a time)."""
         best = 0.0
-        for s, f in enumerate(self.files):
-            if self._tables is not None:
-                means = self._tables[s]["latent_mean"]
-            else:
-                with safe_open(str(f), framework="pt") as h:
-                    means = h.get_tensor("latent_mean")
+        for s in range(len(self.files)):
+            means = self._get(s, "latent_mean", slice(None))
             if means.numel():
                 best = max(best, float(means.float().abs().max()))
         return best

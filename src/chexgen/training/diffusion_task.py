@@ -198,9 +198,9 @@ def build_text_to_image_task(cfg: TrainConfig) -> TrainingTask:
                                    encoder=encoder, snr_gamma=cfg.snr_gamma)
     clip = cfg.clip_latents
     if clip is None and not cfg.encode_on_the_fly:
-        clip = math.ceil(dataset.latent_abs_max() * 2) / 2 or None
+        clip = math.ceil(dataset.latent_abs_max() * 2) / 2
     assets = _PipelineAssets(preset.name, vae_spec, text_spec, resolution, prompt_cleaning,
-                             encoder=encoder, clip_latents=clip if clip else None)
+                             encoder=encoder, clip_latents=clip or None)  # 0 = off
     return TrainingTask(
         name="text-to-image",
         model=model,
