@@ -43,7 +43,7 @@ from chexgen.data.imageio import fit_square, load_gray
 from chexgen.data.manifest import read_manifest
 from chexgen.data.phantom.cohort import CohortConfig, write_cohort
 from chexgen.diffusion.samplers import denoise, make_generators
-from chexgen.control_pipeline import control_model_fn
+from chexgen.pipelines.control import control_model_fn
 from chexgen.models.controlnet import ChexGenControlNet, ControlledDiT
 from chexgen.models.dit import ChexGenDiT
 from chexgen.models.presets import TextEncoderSpec

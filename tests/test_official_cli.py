@@ -95,7 +95,7 @@ def test_converted_folder_generates_with_the_official_sampler(tmp_path, tiny_t5_
     """Convert, reload with ChexGenPipeline (local tiny T5 + tiny RGB VAE as the references), sample."""
     from diffusers import AutoencoderKL
 
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     vae_dir = tmp_path / "vae"
     torch.manual_seed(0)

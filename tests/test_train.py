@@ -136,7 +136,7 @@ def test_interrupted_run_resumes_to_identical_weights_and_exports(prepared, tmp_
     assert state["step"] == 5 and (resumed.final_checkpoint / "config.yaml").is_file()
 
     # the exported folder is a pipeline that loads and generates, with the EMA weights
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     pipe = ChexGenPipeline.from_pretrained(resumed.export_dir)
     ema = load_file(str(resumed.final_checkpoint / "ema.safetensors"))

@@ -105,7 +105,7 @@ def convert_official_checkpoint(
     (the adapter, in :class:`~chexgen.models.controlnet.ChexGenControlNet` layout).
     """
     from chexgen.models.official import load_official_transformer
-    from chexgen.pipeline import ChexGenPipeline, PipelineConfig
+    from chexgen.pipelines import ChexGenPipeline, PipelineConfig
     from chexgen.utils import sha256_file
 
     if dtype not in _DTYPES:

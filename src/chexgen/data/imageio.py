@@ -31,7 +31,7 @@ from PIL import Image, PngImagePlugin
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 
-__all__ = ["load_gray", "fit_square", "save_png", "read_png_text", "RESIZE_POLICIES", "DICOM_SUFFIXES"]
+__all__ = ["load_gray", "fit_square", "quantize", "save_png", "read_png_text", "RESIZE_POLICIES", "DICOM_SUFFIXES"]
 
 RESIZE_POLICIES = ("crop", "pad")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -126,22 +126,34 @@ def fit_square(image: np.ndarray, size: int, policy: str = "crop") -> np.ndarray
     return image.astype(np.float32)
 
 
+def quantize(image: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Float pixels in [0, 1] (clipped) -> uint8 (``bits=8``) or uint16 (``bits=16``), rounded."""
+    if bits not in (8, 16):
+        raise ChexgenError(f"PNG bit depth must be 8 or 16, got {bits}")
+    arr = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    if bits == 8:
+        return np.round(arr * 255).astype(np.uint8)
+    return np.round(arr * 65535).astype(np.uint16)
+
+
 def save_png(
     path: str | os.PathLike,
     image: np.ndarray,
     bits: int = 8,
     text: Mapping[str, str] | None = None,
 ) -> None:
-    """Write a (H, W) array in [0, 1] as a single-channel 8- or 16-bit PNG, atomically."""
+    """Write a (H, W) gray image as a single-channel 8- or 16-bit PNG, atomically.
+
+    ``image`` is float in [0, 1] (quantised with :func:`quantize`), or already integer pixels of
+    the matching dtype (uint8 for 8 bits, uint16 for 16), written as they are.
+    """
     if bits not in (8, 16):
         raise ChexgenError(f"PNG bit depth must be 8 or 16, got {bits}")
-    arr = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    arr = np.asarray(image)
     if arr.ndim != 2:
         raise ChexgenError(f"{path}: expected a 2-D gray image, got shape {arr.shape}")
-    if bits == 8:
-        im = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
-    else:
-        im = Image.fromarray(np.round(arr * 65535).astype(np.uint16))
+    arr = arr if arr.dtype == (np.uint8 if bits == 8 else np.uint16) else quantize(arr, bits)
+    im = Image.fromarray(arr, mode="L") if bits == 8 else Image.fromarray(arr)
     info = None
     if text:
         info = PngImagePlugin.PngInfo()

@@ -236,7 +236,7 @@ class _PipelineAssets:
         return self._vae.to(device), self._text.to(device)
 
     def pipeline(self, transformer: nn.Module):
-        from chexgen.pipeline import ChexGenPipeline, PipelineConfig
+        from chexgen.pipelines import ChexGenPipeline, PipelineConfig
 
         device = next(transformer.parameters()).device
         vae, text = self.components(device)
