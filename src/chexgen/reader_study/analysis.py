@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -164,7 +165,8 @@ def weighted_kappa(a: Sequence[int], b: Sequence[int], weights: str | None = "qu
 
     if len(a) == 0:
         return math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")  # undefined kappa (one category only) is returned as NaN
         k = cohen_kappa_score(list(a), list(b), labels=list(labels), weights=weights)
     return float(k)
 
@@ -174,9 +176,10 @@ def krippendorff_alpha(matrix: np.ndarray, level: str = "ordinal", domain: Seque
     import krippendorff
 
     m = np.asarray(matrix, dtype=float)
-    if m.shape[0] < 2 or np.sum(np.sum(~np.isnan(m), axis=0) >= 2) == 0:
+    if m.ndim != 2 or m.shape[0] < 2:
         return math.nan
-    values = np.unique(m[~np.isnan(m)])
+    pairable = m[:, np.sum(~np.isnan(m), axis=0) >= 2]
+    values = np.unique(pairable[~np.isnan(pairable)])
     if len(values) < 2:
         return math.nan  # one value only: no expected disagreement, alpha undefined
     return float(krippendorff.alpha(reliability_data=m, level_of_measurement=level,
