@@ -81,3 +81,51 @@ def login(client, token: str):
     page = client.get("/read")
     m = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text)
     return m.group(1) if m else None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(study_root: Path, port: int, log_path: Path, timeout: float = 30.0):
+    """``chexgen reader-study serve`` in a subprocess on 127.0.0.1:port; returns the Popen once /healthz answers."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    import chexgen
+
+    env = dict(os.environ)
+    src = str(Path(chexgen.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "chexgen.cli", "reader-study", "serve", str(study_root),
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start in {timeout}s: {Path(log_path).read_text()[-2000:]}")
+
+
+def stop_server(proc) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+            proc.wait(10)

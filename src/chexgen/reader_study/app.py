@@ -274,6 +274,10 @@ def create_app(study: Study, db_url: str | None = None) -> FastAPI:
         return Response(text, media_type="text/csv", headers={
             "Content-Disposition": 'attachment; filename="answers.csv"'})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/healthz", include_in_schema=False)
     def health():
         return {"ok": True}

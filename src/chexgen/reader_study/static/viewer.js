@@ -46,7 +46,7 @@
     // Apply window / level / invert through a 256-entry lookup table.
     var lut = new Uint8ClampedArray(256), lo = this.level - this.width / 2, w = Math.max(1, this.width);
     for (var v = 0; v < 256; v++) {
-      var out = (v - lo) / w * 255;
+      var out = Math.round(Math.min(255, Math.max(0, (v - lo) / w * 255)));
       lut[v] = this.inverted ? 255 - out : out;
     }
     var d = this.imageData.data, s = this.src;
