@@ -61,14 +61,15 @@ def make_manifests(root: Path, n_real: int = 12, models: tuple[str, ...] = ("alp
 
 
 def create_tiny_study(root: Path, raters: tuple[str, ...] = ("ann", "bob"), cases: int = 6, image_size: int = 64,
-                      models: tuple[str, ...] = ("alpha", "beta"), token_days: float = 30.0, **settings):
+                      models: tuple[str, ...] = ("alpha", "beta"), token_days: float = 30.0,
+                      db_url: str | None = None, **settings):
     """Manifests under ``root/data`` and a study at ``root/study``; returns (Study, tokens)."""
     from chexgen.reader_study.study import StudySettings, SyntheticSource, create_study
 
     real, syn = make_manifests(root / "data", models=models)
     s = StudySettings(real=str(real), synthetic=[SyntheticSource(str(p), m) for p, m in zip(syn, models)],
                       raters=list(raters), cases=cases, image_size=image_size, **settings)
-    made = create_study(s, root / "study", token_days=token_days, progress=False)
+    made = create_study(s, root / "study", db_url=db_url, token_days=token_days, progress=False)
     return made.study, made.tokens
 
 

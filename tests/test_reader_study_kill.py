@@ -68,6 +68,7 @@ def test_kill_9_loses_no_answer(tmp_path):
         stop.set()
         stop_server(proc)
     assert errors == []
+    assert "Bound to 127.0.0.1 only" in (tmp_path / "server.log").read_text()
     n_confirmed = {n: len(v) for n, v in confirmed.items()}
     assert sum(n_confirmed.values()) >= 20 and all(v < 36 for v in n_confirmed.values())
 

@@ -12,7 +12,8 @@ _DB_HELP = ("Database URL (sqlite:///path or postgresql+psycopg://user@host/db);
 
 
 def _db_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=os.environ.get("CHEXGEN_READER_DB"), metavar="URL", help=_DB_HELP)
+    # resolved in run(), so --help never prints a URL (and its password) from the environment
+    p.add_argument("--db", default=None, metavar="URL", help=_DB_HELP)
 
 
 def _invite_options(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("analyse", formatter_class=fmt, help="Join the answer key and write the HTML report + CSVs.",
                        description="Scores per model and rater (mean +- sd, distributions), Wilcoxon / Mann-Whitney "
                                    "between sources, weighted kappa and Krippendorff's alpha, real-or-synthetic accuracy "
-                                   "(Wilson 95%% CI, binomial test against chance), per-finding breakdown.")
+                                   "(Wilson 95% CI, binomial test against chance), per-finding breakdown.")
     a.add_argument("study", metavar="STUDY", help="Study folder.")
     a.add_argument("--out", default=None, metavar="DIR", help="Output folder (default: STUDY/analysis).")
     a.add_argument("--kappa-weights", default="quadratic", choices=("linear", "quadratic"),
@@ -106,6 +107,7 @@ def _print_invites(tokens: dict[str, str], base_url: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from chexgen.reader_study import study as rs
 
+    args.db = args.db or os.environ.get("CHEXGEN_READER_DB") or None
     if args.action == "create":
         settings = rs.StudySettings(
             real=args.real, synthetic=[rs.parse_synthetic_spec(x) for x in args.synthetic],
