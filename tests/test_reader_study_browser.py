@@ -78,7 +78,7 @@ def test_rater_reads_by_keyboard_resumes_after_reload(served):
             page.mouse.down()
             page.mouse.move(cx - 155, cy + 40, steps=5)
             page.mouse.up()
-            assert page.inner_text("#wl") == "W 100 / L 88"
+            assert page.inner_text("#wl") == "W 100 / L 168"
             narrowed = _pixel(page)
             assert narrowed != before
             page.keyboard.press("i")
@@ -105,7 +105,7 @@ def test_rater_reads_by_keyboard_resumes_after_reload(served):
             # Enter without a full answer saves nothing and says what is missing
             page.keyboard.press("4")
             page.keyboard.press("Enter")
-            page.wait_for_function("document.getElementById('status').textContent.includes('real or synthetic')")
+            page.locator("#status", has_text="real or synthetic").wait_for()  # (no eval: the page's CSP forbids it)
             assert len(_db_answers(study)[0]) == 5
 
             # reload mid-study: back at item 6 with an empty form

@@ -104,7 +104,7 @@
       if (!drag || !self.src) { return; }
       var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
       if (drag.pan) { self.panX = drag.px + dx; self.panY = drag.py + dy; self.draw(); }
-      else { self.setWindow(drag.w + dx, drag.l - dy); }  // right: wider window; up: brighter level
+      else { self.setWindow(drag.w + dx, drag.l + dy); }  // right: wider window; up: lower level = brighter
     });
     window.addEventListener("mouseup", function () { drag = null; });
     c.addEventListener("wheel", function (e) {
