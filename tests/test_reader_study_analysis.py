@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from _reader_data import create_tiny_study, login  # noqa: E402
 from chexgen.cli import main  # noqa: E402
 from chexgen.reader_study.analysis import (  # noqa: E402
-    compare_two, krippendorff_alpha, load_answers, proportion_test, rater_agreement, weighted_kappa,
+    analyse_study, compare_two, krippendorff_alpha, load_answers, proportion_test, rater_agreement, weighted_kappa,
 )
 from chexgen.reader_study.app import create_app  # noqa: E402
 from chexgen.reader_study.study import load_key  # noqa: E402
@@ -157,3 +157,20 @@ def test_analyse_end_to_end(tmp_path, capsys):
     assert main(["reader-study", "analyse", str(study.root), "--kappa-weights", "linear"]) == 0
     assert "cohen_kappa (linear)" in (a / "rater_agreement.csv").read_text()
     assert not [p for p in study.root.iterdir() if p.name.startswith(".analysis")]
+
+
+def test_analyse_single_rater_agreement_only(tmp_path):
+    study, tokens = create_tiny_study(tmp_path, raters=("ann",), cases=3, tasks=["agreement"])
+    key = {it["id"]: it for it in load_key(study)["items"]}
+    c = TestClient(create_app(study))
+    csrf = login(c, tokens["ann"])
+    for pos in range(len(key)):
+        item = key[c.get(f"/api/item/{pos}").json()["item"]]
+        body = {"item": item["id"], "agreement": SCORES[item["source"]], "realism": "real", "confidence": 1}
+        assert c.post("/api/answer", json=body, headers={"X-CSRF-Token": csrf}).status_code == 200
+    res = analyse_study(study)
+    assert res.realism.empty and set(res.answers.realism.dropna()) == set()  # the task was off: not stored
+    assert res.agreement.empty or res.agreement["value"].isna().all()
+    row = res.comparisons.set_index(["source_a", "source_b", "rater"]).loc[("alpha", "beta", "ann")]
+    assert row.test == "wilcoxon" and row.n_pairs == 3 and row.mean_diff == 2
+    assert (res.out / "report.html").is_file() and "Real or synthetic?" not in (res.out / "report.html").read_text()

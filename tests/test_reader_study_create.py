@@ -219,3 +219,39 @@ def test_cli_create_tokens_add_rater_export(tmp_path, capsys):
     assert "none of its 1 records matches" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
     assert load_study(out).meta["n_items"] == 12
+
+
+def test_dicom_and_exif_jpeg_sources_lose_their_headers(tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    dcm = get_testdata_file("RG1_UNCI.dcm")
+    if dcm is None:
+        pytest.skip("pydicom-data not installed")
+    real, syn = make_manifests(tmp_path / "data", n_real=2)
+    recs = read_manifest(real)
+    recs[0].image = dcm
+    jpg = tmp_path / "data" / "real" / "exif.jpg"
+    exif = Image.Exif()
+    exif[0x010F] = "AcmeScanner"  # Make
+    exif[0x9286] = "patient 1234"  # UserComment
+    Image.fromarray((np.random.default_rng(0).random((50, 40)) * 255).astype(np.uint8)).save(jpg, exif=exif)
+    assert b"AcmeScanner" in jpg.read_bytes()
+    recs[1].image = str(jpg)
+    write_manifest(real, recs)
+    made = create_study(_settings(real, syn, cases=2, raters=["ann"]), tmp_path / "study", progress=False)
+    key = load_key(made.study)
+    for it in key["items"]:
+        if it["source"] == "real":
+            data = (made.study.root / "images" / it["image"]).read_bytes()
+            check_png_pixels_only(data, size=64)
+            for marker in (b"DICM", b"AcmeScanner", b"patient 1234", b"Exif", b"eXIf"):
+                assert marker not in data
+
+
+def test_moved_manifest_with_same_content_is_the_same_study(tmp_path):
+    real, syn = make_manifests(tmp_path / "data")
+    create_study(_settings(real, syn), tmp_path / "study", progress=False)
+    moved = tmp_path / "data" / "real-copy.jsonl"
+    moved.write_bytes(real.read_bytes())
+    assert create_study(_settings(moved, syn), tmp_path / "study", progress=False).existed

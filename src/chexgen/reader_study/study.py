@@ -143,11 +143,10 @@ class StudySettings:
             raise ChexgenError(f"rater names must be unique, got {self.raters}")
 
     def key(self) -> dict[str, Any]:
-        """The settings as compared against an existing study folder (manifests by content hash)."""
+        """The settings as compared against an existing study folder (manifests by content, not path)."""
         d = asdict(self)
-        d["real"] = {"path": str(Path(self.real).resolve()), "sha256": _hash(self.real)}
-        d["synthetic"] = [{"path": str(Path(s.path).resolve()), "model": s.model, "sha256": _hash(s.path)}
-                          for s in self.synthetic]
+        d["real"] = {"sha256": _hash(self.real)}
+        d["synthetic"] = [{"model": s.model, "sha256": _hash(s.path)} for s in self.synthetic]
         return d
 
 
