@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "downstream": ("downstream", "Downstream experiments: augmentation, pretraining, fairness."),
     "convert-official": ("convert_official", "Convert an official ChexGen checkpoint into a chexgen pipeline folder."),
     "presets": ("presets", "List the model presets and what each one fixes."),
+    "reader-study": ("reader_study", "Blinded radiologist reader study: create, serve (web app), analyse."),
 }
 
 
