@@ -17,13 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", required=True, metavar="MANIFEST", help="Real manifest (JSONL / Parquet).")
     p.add_argument("--synthetic", required=True, metavar="MANIFEST", help="Synthetic manifest to evaluate.")
     p.add_argument("--out", required=True, metavar="DIR", help="Output folder for report.html and metrics.json.")
-    p.add_argument("--features", default="xrv", metavar="xrv|clip|inception|PATH",
+    p.add_argument("--features", default="xrv", metavar="xrv|clip|inception|rad-dino|dinov2|PATH",
                    help="Feature extractor: TorchXRayVision DenseNet121, open_clip image encoder, FID "
-                        "Inception-v3, or the path of a chexgen-trained classifier (TorchScript or pickled module).")
+                        "Inception-v3, RAD-DINO, DINOv2, or the path of a chexgen-trained classifier (TorchScript, "
+                        "pickled module or a `chexgen downstream classifier` folder).")
     p.add_argument("--weights", default=None,
                    help="Extractor weights. xrv: weights name (densenet121-res224-all, -chex, -mimic_ch, ...) or "
                         "local file; clip: MODEL:PRETRAINED (e.g. ViT-L-14:openai or ViT-L-14:/path/ckpt.pt); "
-                        "inception: local .pth of torch-fidelity's FID Inception weights.")
+                        "inception: local .pth of torch-fidelity's FID Inception weights; rad-dino / dinov2: hub id "
+                        "or local transformers folder (default microsoft/rad-dino / facebook/dinov2-base).")
     p.add_argument("--random-init", action="store_true",
                    help="Use a randomly initialised extractor (offline pipeline check only; numbers are not "
                         "comparable with anything).")
@@ -38,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", default=None, metavar="PATH",
                    help="Segmentation model (TorchScript or pickled module: [B,1,H,W] in [0,1] -> mask logits) "
                         "for control adherence against the synthetic records' masks / boxes.")
+    p.add_argument("--reid-weights", default=None, metavar="PATH",
+                   help="Patient re-identification network weights (CheXGenBench's Siamese ResNet-50 state dict, "
+                        "ResNet-50_epoch11_data_handling_RPN.pth): scores every synthetic image against every "
+                        "training image (--train, default the real manifest).")
+    p.add_argument("--reid-threshold", type=float, default=0.5,
+                   help="Re-identification score above which a synthetic image counts as matching a training patient.")
     p.add_argument("--image-size", type=int, default=224, help="Input size for a chexgen classifier extractor.")
     p.add_argument("--analysis-size", type=int, default=256,
                    help="Pixel size of the gray copies used for SSIM, MS-SSIM, memorisation and figures.")
@@ -102,12 +110,20 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvaluationConfig(
         max_images=args.max_images, bootstrap=args.bootstrap, distribution_bootstrap=args.distribution_bootstrap,
         analysis_size=args.analysis_size, batch_size=args.batch_size, memorisation_ssim=args.memorisation_ssim,
-        tsne=not args.no_tsne, seed=args.seed,
+        tsne=not args.no_tsne, seed=args.seed, reid_threshold=args.reid_threshold,
     )
+    if not 0.0 <= args.reid_threshold <= 1.0:
+        raise ChexgenError(f"--reid-threshold must be within [0, 1], got {args.reid_threshold}")
     extractor = build_extractor_from_args(args)
     segmenter = _load_module(Path(args.segmenter), "segmenter") if args.segmenter else None
+    reid_net = None
+    if args.reid_weights:
+        from chexgen.evaluation.reid import load_reid_network
+
+        reid_net = load_reid_network(args.reid_weights, device=args.device)
     results = evaluate_manifests(args.real, args.synthetic, args.out, extractor, cfg,
-                                 compare_manifest=args.compare, train_manifest=args.train, segmenter=segmenter)
+                                 compare_manifest=args.compare, train_manifest=args.train, segmenter=segmenter,
+                                 reid_net=reid_net)
     m = results["metrics"]
     summary = {k: round(v["value"], 4) for k, v in m.items() if isinstance(v.get("value"), float)}
     print(json.dumps(summary))

@@ -66,6 +66,7 @@ class EvaluationConfig:
     tsne_max: int = 1000  # per set
     grid_images: int = 6  # per row in the per-finding grids
     closest_pairs: int = 8
+    reid_threshold: float = 0.5  # score above which the re-identification network calls it the same patient
     seed: int = 0
     progress: bool = True
 
@@ -369,6 +370,28 @@ def _control(syn: LoadedSet, segmenter: Callable, cfg: EvaluationConfig, warning
     }
 
 
+def _reid(net: torch.nn.Module, syn: LoadedSet, train: LoadedSet, cfg: EvaluationConfig, results: dict) -> dict:
+    """Re-identification metrics of ``syn`` against ``train``; the details go to ``results["reid"]``."""
+    from chexgen.evaluation.reid import compute_reid
+
+    res = compute_reid(net, _images_t(syn), _images_t(train), threshold=cfg.reid_threshold,
+                       source_index=match_to_real(train.records, syn.records), batch_size=cfg.batch_size)
+    order = np.argsort(-np.asarray(res.best_score))[: cfg.closest_pairs]
+    results["reid"] = {**res.summary(), "histogram": res.histogram, "closest": [
+        {"synthetic_id": syn.records[i].id, "train_id": train.records[res.best_index[i]].id,
+         "score": res.best_score[i]} for i in order]}
+    thr = cfg.reid_threshold
+    return {
+        "reid_fraction": _entry(bootstrap_ci(np.mean, np.asarray(res.flagged, np.float64), n_boot=cfg.bootstrap,
+                                             level=cfg.level, seed=cfg.seed), "lower",
+                                f"share of synthetic images the re-identification network matches to a training "
+                                f"patient (best score > {thr:g})"),
+        "reid_score_mean": _entry(bootstrap_ci(np.mean, np.asarray(res.best_score), n_boot=cfg.bootstrap,
+                                               level=cfg.level, seed=cfg.seed), "lower",
+                                  "mean over synthetic images of the best same-patient score against training images"),
+    }
+
+
 def evaluate_sets(
     real: LoadedSet,
     syn: LoadedSet,
@@ -377,8 +400,10 @@ def evaluate_sets(
     compare: LoadedSet | None = None,
     segmenter: Callable | None = None,
     extractor_info: dict | None = None,
+    reid_net: torch.nn.Module | None = None,
 ) -> tuple[dict, list[Figure]]:
-    """Every metric of ``syn`` against ``real`` (memorisation against ``train``, default ``real``)."""
+    """Every metric of ``syn`` against ``real`` (memorisation and re-identification against ``train``,
+    default ``real``; re-identification only with ``reid_net``, see :mod:`chexgen.evaluation.reid`)."""
     from chexgen import __version__
 
     warnings: list[str] = []
@@ -419,6 +444,8 @@ def evaluate_sets(
             "ssim": mem.ssim[i], "feature_train_id": train.records[mem.feature_nn[i]].id,
             "feature_distance": mem.feature_distance[i], "flagged": mem.flagged[i]} for i in order],
     }
+    if reid_net is not None:
+        results["metrics"].update(_reid(reid_net, syn, train, cfg, results))
     if segmenter is not None:
         ctrl = _control(syn, segmenter, cfg, warnings)
         if ctrl is not None:
@@ -451,6 +478,7 @@ def evaluate_manifests(
     compare_manifest: str | os.PathLike | None = None,
     train_manifest: str | os.PathLike | None = None,
     segmenter: Callable | None = None,
+    reid_net: torch.nn.Module | None = None,
 ) -> dict:
     """Load the manifests, evaluate, write ``report.html`` + ``metrics.json`` into ``out_dir``; return results."""
     cfg = cfg or EvaluationConfig()
@@ -471,7 +499,7 @@ def evaluate_manifests(
         tp = Path(train_manifest)
         train = load_set(read_manifest(tp)[: cfg.max_images], tp.parent, extractor, cfg, str(tp))
     results, figures = evaluate_sets(real, syn, cfg, train=train, compare=compare, segmenter=segmenter,
-                                     extractor_info=extractor.describe())
+                                     extractor_info=extractor.describe(), reid_net=reid_net)
     json_path, html_path = write_report(out_dir, results, figures)
     results["outputs"] = {"metrics_json": str(json_path), "report_html": str(html_path)}
     return results
