@@ -27,7 +27,7 @@ def _byte_chars() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def write_clip_tokenizer(directory: Path, max_length: int = 16):
+def write_clip_tokenizer(directory: Path, max_length: int = 64):
     """A real ``CLIPTokenizer`` over a 514-token byte vocabulary (no merges: one token per character)."""
     from transformers import CLIPTokenizer
 
@@ -68,7 +68,7 @@ def make_tiny_sd_pipeline(directory: Path, seed: int = 0) -> Path:
     text = CLIPTextModel(CLIPTextConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
         hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, vocab_size=len(tok),
-        max_position_embeddings=16, projection_dim=16))
+        max_position_embeddings=64, projection_dim=16))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(unet=unet, vae=_tiny_vae(), text_encoder=text, tokenizer=tok, scheduler=scheduler,

@@ -37,7 +37,7 @@ from torch import nn
 
 from chexgen.errors import ChexgenError
 
-__all__ = ["SiameseReID", "load_reid_network", "ReIDResult", "compute_reid", "REID_INPUT_SIZE",
+__all__ = ["SiameseReID", "load_reid_network", "ReIDResult", "compute_reid", "source_rows", "REID_INPUT_SIZE",
            "DEFAULT_REID_THRESHOLD"]
 
 REID_INPUT_SIZE = 224
@@ -135,6 +135,17 @@ class ReIDResult:
             "paired_mean": float(paired.mean()) if paired.size else None,
             "paired_max": float(paired.max()) if paired.size else None,
         }
+
+
+def source_rows(train_records: Sequence, synthetic_records: Sequence) -> list[int | None]:
+    """For each synthetic record, the training row it was generated from: by ``extra["source_id"]`` only.
+
+    (Matching by prompt text would pair an image with any training case that shares a common
+    impression such as "No acute cardiopulmonary process.", which is not its source.)
+    """
+    rows = {r.id: i for i, r in enumerate(train_records)}
+    return [rows.get(str(s.extra.get("source_id"))) if s.extra.get("source_id") is not None else None
+            for s in synthetic_records]
 
 
 @torch.no_grad()

@@ -372,10 +372,10 @@ def _control(syn: LoadedSet, segmenter: Callable, cfg: EvaluationConfig, warning
 
 def _reid(net: torch.nn.Module, syn: LoadedSet, train: LoadedSet, cfg: EvaluationConfig, results: dict) -> dict:
     """Re-identification metrics of ``syn`` against ``train``; the details go to ``results["reid"]``."""
-    from chexgen.evaluation.reid import compute_reid
+    from chexgen.evaluation.reid import compute_reid, source_rows
 
     res = compute_reid(net, _images_t(syn), _images_t(train), threshold=cfg.reid_threshold,
-                       source_index=match_to_real(train.records, syn.records), batch_size=cfg.batch_size)
+                       source_index=source_rows(train.records, syn.records), batch_size=cfg.batch_size)
     order = np.argsort(-np.asarray(res.best_score))[: cfg.closest_pairs]
     results["reid"] = {**res.summary(), "histogram": res.histogram, "closest": [
         {"synthetic_id": syn.records[i].id, "train_id": train.records[res.best_index[i]].id,

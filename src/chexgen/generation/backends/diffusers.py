@@ -40,7 +40,7 @@ from chexgen.errors import ChexgenError
 from chexgen.generation.backends.base import GeneratedBatch, GeneratorBackend
 
 __all__ = ["DiffusersModelRef", "DiffusersBackend", "resolve_diffusers_model", "is_hub_id", "hf_offline",
-           "rgb_to_gray", "LUMA_BT601"]
+           "rgb_to_gray", "LUMA_BT601", "check_call_settings", "parse_dtype", "weights_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,15 @@ class DiffusersBackend(GeneratorBackend):
         if images.shape != want:
             raise ChexgenError(f"{self.ref.source} returned images of shape {images.shape}, expected {want}")
         return GeneratedBatch(images)
+
+
+def check_call_settings(steps: Any = None, guidance: Any = None, dtype: str | None = None) -> None:
+    """Refuse bad steps / guidance / dtype before a pipeline is loaded (None = the pipeline's default)."""
+    parse_dtype(dtype)
+    if steps is not None:
+        _whole("steps", steps)
+    if guidance is not None:
+        _number("guidance", guidance, minimum=0.0)
 
 
 def _whole(name: str, value: Any) -> int:
