@@ -232,3 +232,20 @@ def test_config_errors_name_the_file_and_key(bench_dir, capsys):
     assert main(["benchmark", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "unknown key(s) 'images_per_promt'" in err
+
+
+@pytest.mark.slow
+def test_two_processes_shard_the_generation_and_match_one(bench_dir, finished):
+    out = bench_dir / "out-dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chexgen.cli",
+           "benchmark", "--config", str(_config(bench_dir, "dist")), "--no-progress"]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in (out / "timing").glob("cx.rank*.json")) == ["cx.rank0.json", "cx.rank1.json"]
+    full = json.loads((finished / "metrics.json").read_text())["models"]
+    dist = json.loads((out / "metrics.json").read_text())["models"]
+    for model in full:
+        assert dist[model]["timing"]["images"] == 18
+        for key, value in full[model]["metrics"].items():
+            if key != "seconds_per_image":
+                assert dist[model]["metrics"][key]["value"] == pytest.approx(value["value"], nan_ok=True), key

@@ -133,15 +133,14 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> BenchmarkResul
     train_recs, train_root = ((real_recs, real_root) if cfg.train is None
                               else _records(cfg.train, cfg.train_split, "train"))
     prepared: list[PreparedModel] = prepare_models(cfg, items)
-    extractor_device = cfg.device or "cpu"
-    extractors = build_extractors(cfg.extractors, device=extractor_device)
+    state = PartialState(cpu=_use_cpu(cfg.device))
+    device = cfg.device or str(state.device)
+    extractors = build_extractors(cfg.extractors, device=device)
     reid_net = None
     if cfg.reid is not None:
         from chexgen.evaluation.reid import load_reid_network
 
-        reid_net = load_reid_network(cfg.reid.weights, device=extractor_device)
-
-    state = PartialState(cpu=_use_cpu(cfg.device))
+        reid_net = load_reid_network(cfg.reid.weights, device=device)
     rank, world = state.process_index, state.num_processes
     barrier = state.wait_for_everyone if world > 1 else None
     out = Path(cfg.out)
@@ -151,7 +150,6 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> BenchmarkResul
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.resolved.json", cfg.to_dict())
-    device = cfg.device or str(state.device)
     for pm in prepared:
         log.info("benchmark: model %s (%s)", pm.entry.name, pm.kind)
         result.generated[pm.entry.name] = generate_model(pm, cfg, out, device, real_root, rank=rank, world=world,

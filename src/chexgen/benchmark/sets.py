@@ -87,7 +87,8 @@ def build_extractors(entries: Sequence[ExtractorEntry], device: str = "cpu") -> 
 
 
 def _extractor_key(entry: ExtractorEntry, ext: FeatureExtractor) -> dict:
-    key = {"entry": vars(entry), "describe": ext.describe()}
+    # "dim" is left out: some extractors (classifiers) only learn it from their first forward pass
+    key = {"entry": vars(entry), "describe": {k: v for k, v in ext.describe().items() if k != "dim"}}
     if entry.weights and os.path.exists(entry.weights):
         st = os.stat(entry.weights)
         key["weights_stat"] = [st.st_size, st.st_mtime_ns]
