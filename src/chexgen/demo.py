@@ -193,10 +193,9 @@ def evaluate_demo_model(
     the classifier on generated images (prompt labels) over the trained findings, the same on the real held-out
     images (true labels), FID real vs generated and FID between two halves of the real set.
     """
-    from chexgen.evaluation.correctness import compute_per_class_auroc
     from chexgen.evaluation.features import ClassifierExtractor
-    from chexgen.evaluation.fid import compute_fid
     from chexgen.evaluation.matching import label_matrix
+    from chexgen.evaluation.metrics import compute_fid, compute_per_class_auroc
     from chexgen.evaluation.suite import EvaluationConfig, evaluate_sets, set_from_arrays
 
     ext = ClassifierExtractor(classifier, input_size=classifier.input_size, class_names=classifier.class_names,

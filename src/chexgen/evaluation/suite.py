@@ -30,16 +30,22 @@ import torch
 from chexgen.data.imageio import fit_square, load_gray
 from chexgen.data.manifest import Record, read_manifest
 from chexgen.errors import ChexgenError
-from chexgen.evaluation.control import boxes_to_mask, compute_mask_adherence, decode_rle, segment_images
-from chexgen.evaluation.correctness import compute_per_class_auroc, compute_score_correlation, pearson
+from chexgen.evaluation.control import compute_mask_adherence, decode_rle, segment_images
 from chexgen.evaluation.features import FeatureExtractor, FeatureSet, extract_features
-from chexgen.evaluation.fid import compute_fid, compute_kid
 from chexgen.evaluation.matching import group_key, label_matrix, match_to_real
 from chexgen.evaluation.memorisation import compute_memorisation
+from chexgen.evaluation.metrics import (
+    boxes_to_mask,
+    compute_diversity,
+    compute_fid,
+    compute_kid,
+    compute_per_class_auroc,
+    compute_precision_recall,
+    compute_score_correlation,
+    pearson,
+)
 from chexgen.evaluation.plots import compute_tsne, finding_of, grid_png, tsne_plot_png
-from chexgen.evaluation.precision_recall import compute_precision_recall
 from chexgen.evaluation.report import Figure, write_report
-from chexgen.evaluation.similarity import compute_diversity
 from chexgen.evaluation.stats import bootstrap_ci, bootstrap_two_sample_ci, paired_wilcoxon
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from chexgen.data.manifest import Record
 from chexgen.errors import ChexgenError
+from chexgen.evaluation.metrics.similarity import compute_ssim
 from chexgen.training.cache import RecordImages
 from chexgen.training.config import VAETrainConfig
 from chexgen.training.trainer import TrainingTask
@@ -43,23 +43,9 @@ __all__ = ["ssim", "VAEObjective", "InMemoryImages", "load_images", "latent_std"
 log = logging.getLogger(__name__)
 
 
-def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean structural similarity of two [B, 1, H, W] batches (Wang et al. 2004; Gaussian window, valid conv)."""
-    w = _gaussian_window(win_size, sigma, x.device, x.dtype)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mu_x**2
-    syy = F.conv2d(y * y, w) - mu_y**2
-    sxy = F.conv2d(x * y, w) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    """Mean structural similarity of two [B, 1, H, W] batches (the evaluation metric, differentiable)."""
+    return compute_ssim(x, y, data_range=data_range, win_size=win_size, sigma=sigma)
 
 
 class VAEObjective:
