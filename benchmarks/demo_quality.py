@@ -41,9 +41,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
-    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.demo import DemoConfig, _resolve_model, _synthetic_records, evaluate_demo_model
     from chexgen.downstream.classifier import load_classifier
     from chexgen.phantom.cohort import CohortConfig, write_cohort

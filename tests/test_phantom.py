@@ -16,6 +16,7 @@ from skimage.filters import sato
 
 from chexgen.curation.report_writer import Report, TemplateReportWriter
 from chexgen.data.manifest import Record, read_manifest
+from chexgen.errors import ChexgenError
 from chexgen.phantom import (
     CohortConfig,
     Finding,
@@ -27,7 +28,6 @@ from chexgen.phantom import (
     write_cohort,
 )
 from chexgen.phantom.findings import PATHOLOGIES, labels_from_findings, sample_findings
-from chexgen.errors import ChexgenError
 
 SIZE = 128
 PREV = load_prevalence("mimic")

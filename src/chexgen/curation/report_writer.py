@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import random
 import re
-from functools import lru_cache
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from chexgen.curation import _phrases as P

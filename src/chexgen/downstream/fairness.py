@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from chexgen.data.manifest import Record
-from chexgen.evaluation.metrics import compute_auroc, finite_mean, pearson_test, weighted_f1
 from chexgen.downstream.sampling import group_value
+from chexgen.evaluation.metrics import compute_auroc, finite_mean, pearson_test, weighted_f1
 
 __all__ = ["GroupMetric", "subgroup_metrics", "gap_summary", "subgroup_correlation"]
 

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, sparse
 
+from chexgen.errors import ChexgenError
 from chexgen.phantom.geometry import VIEWS, Geometry
 from chexgen.phantom.source import CTVolume, cache_dir, load_ct
-from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 
 __all__ = ["Atlas", "load_atlas", "build_atlas", "MU_WATER", "hu_to_mu", "RIB_NAMES", "ATLAS_SIZE", "LOW_FACTOR"]

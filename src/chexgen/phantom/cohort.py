@@ -32,11 +32,11 @@ import numpy as np
 
 from chexgen.data.imageio import save_png
 from chexgen.data.manifest import Box, Mask, Record, record_from_dict, write_manifest
+from chexgen.errors import ChexgenError
 from chexgen.phantom.atlas import load_atlas
 from chexgen.phantom.findings import labels_from_findings, load_prevalence
 from chexgen.phantom.render import render_case, sample_case
-from chexgen.phantom.source import SHA256, CT_FILE
-from chexgen.errors import ChexgenError
+from chexgen.phantom.source import CT_FILE, SHA256
 from chexgen.utils import atomic_write_json
 
 __all__ = ["CohortConfig", "ReportWriterLike", "write_cohort", "case_id", "split_for", "make_record"]
