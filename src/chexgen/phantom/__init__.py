@@ -9,8 +9,12 @@ Modules, in the order data flows:
 * :mod:`.insertion`: physical 3-D models of the findings, projected alone;
 * :mod:`.devices`: support devices as exact projections of tubes, wires and cans;
 * :mod:`.variation`: demographics, site and anatomy variation;
+* :mod:`.resample`: resampling of projected maps (shared by insertion and render);
 * :mod:`.render`: one case -> image, masks, boxes, severity;
-* :mod:`.cohort`: the parallel, resumable cohort writer.
+* :mod:`.cohort`: the parallel, resumable cohort writer (reports by a writer the caller passes).
+
+The phantom stands on :mod:`chexgen.data` alone (``tests/test_layering.py`` checks it); findings
+speak the shared words of :mod:`chexgen.data.vocabulary`.
 """
 
 from chexgen.phantom.atlas import Atlas, load_atlas
