@@ -212,7 +212,9 @@ def evaluate_demo_model(
         res = compute_per_class_auroc(scores[:, cols], label_matrix(recs)[:, cols], class_names=list(trained))
         return {c: res[c] for c in trained}
 
-    gen_auc = per_class(syn.features.scores, synthetic)
+    # The generated images' numbers are the suite's own (same classifier, prompt labels, features).
+    suite_auc = results["per_class"].get("auroc", {})
+    gen_auc = {c: float(suite_auc.get(c, float("nan"))) for c in trained}
     real_auc = per_class(real.features.scores, heldout)
     rf = real.features.features
     half = len(rf) // 2
@@ -224,7 +226,7 @@ def evaluate_demo_model(
         "auroc_real_per_class": real_auc,
         "auroc_generated_mean": _nanmean(gen_auc.values()),
         "auroc_real_mean": _nanmean(real_auc.values()),
-        "fid_real_vs_generated": float(compute_fid(rf, syn.features.features)),
+        "fid_real_vs_generated": float(results["metrics"]["fid"]["value"]),
         "fid_real_half_vs_half": float(compute_fid(rf[perm[:half]], rf[perm[half:]])),
         "n_real": len(heldout),
         "n_generated": len(synthetic),
