@@ -12,9 +12,10 @@ with pydicom on the dataset it builds:
   ``(0071,xx01)`` UT the full provenance JSON, ``(0071,xx02)`` LO the
   watermark payload, ``(0071,xx03)`` CS ``SYNTHETIC``.
 
-UIDs are derived, never random and never copied: pydicom's
-``generate_uid(prefix=None, entropy_srcs=...)`` turns a hash into a ``2.25.``
-UID (the ISO/ITU-T UUID arc, which needs no registered root). Study UID from
+UIDs are derived, never random and never copied: a name-based UUID (version
+5) of a hash of the inputs under the ``2.25.`` arc (DICOM PS3.5 B.2, which
+needs no registered root; pydicom's ``generate_uid(prefix=None)`` would be
+random). Study UID from
 the *study key*, series UID from the study key plus the model and sampler
 settings, instance UID from the whole provenance; so a rerun of the same image
 gets the same UIDs, and different images different ones.
@@ -37,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,13 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "chexgen synthetic radiograph v1")
 
-    return str(generate_uid(prefix=None, entropy_srcs=["chexgen-synthetic-v1", *parts]))
+
+def _uid(*parts: str) -> str:
+    # A name-based (SHA-1, version 5) UUID of the parts under the UUID arc 2.25 (DICOM PS3.5 B.2): no
+    # registered root needed, at most 44 characters, and the same parts always give the same UID.
+    return "2.25." + str(uuid.uuid5(_UID_NAMESPACE, "\x1f".join(parts)).int)
 
 
 def default_study_key(provenance: dict) -> str:
@@ -142,7 +147,10 @@ def write_synthetic_dicom(
     private block); ``record`` (a :class:`chexgen.data.manifest.Record`) gives demographics and view;
     ``study_key`` groups images into one study (default: one per prompt, see the module doc).
     """
-    import highdicom as hd
+    try:
+        import highdicom as hd
+    except ImportError:
+        raise ChexgenError("DICOM output needs highdicom: pip install 'chexgen[release]'") from None
 
     arr = np.asarray(pixels)
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
