@@ -12,7 +12,7 @@ from PIL import Image
 
 from chexgen.errors import ChexgenError
 from chexgen.release.dicom import read_dicom_pixels, write_synthetic_dicom
-from chexgen.release.watermark import (MIN_SCORE, detect_watermark, embed_watermark, make_payload,
+from chexgen.release.watermark import (MIN_SCORE, apply_watermark, detect_watermark, embed_watermark, make_payload,
                                        payload_id_part)
 
 
@@ -87,3 +87,12 @@ def test_bad_pixels(bad):
 def test_bad_payload():
     with pytest.raises(ChexgenError, match="payload"):
         embed_watermark(np.zeros((64, 64), np.uint8), "hello")
+
+
+def test_apply_watermark_records_payload_or_opt_out():
+    a = gray_u8(pneumonia_jpegs()[2], 256)
+    marked, entry = apply_watermark(a, "syn_7")
+    assert entry["watermark"]["enabled"] and detect_watermark(marked).payload == entry["watermark"]["payload"]
+    assert entry["watermark"]["payload"] == make_payload("syn_7", a)
+    same, off = apply_watermark(a, "syn_7", enabled=False)
+    assert same is a and off == {"watermark": {"enabled": False}}

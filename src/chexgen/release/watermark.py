@@ -57,6 +57,7 @@ __all__ = [
     "embed_watermark",
     "detect_watermark",
     "watermark_provenance",
+    "apply_watermark",
     "payload_id_part",
     "pixels_sha256",
     "METHOD",
@@ -106,7 +107,7 @@ def watermark_provenance(payload: str, pixels: np.ndarray) -> dict:
     """The ``watermark`` entry generation puts in an image's provenance (``pixels``: the unmarked image)."""
     import imwatermark
 
-    return {"watermark": {"payload": payload, "method": METHOD, "strength": STRENGTH,
+    return {"watermark": {"enabled": True, "payload": payload, "method": METHOD, "strength": STRENGTH,
                           "library": f"invisible-watermark {getattr(imwatermark, '__version__', '0.2.0')}",
                           "unmarked_sha256": pixels_sha256(pixels)}}
 
@@ -262,3 +263,15 @@ def detect_watermark(pixels: np.ndarray) -> WatermarkResult:
     payload, score = _decode(low, mask)
     found = payload is not None and score >= MIN_SCORE
     return WatermarkResult(found, payload if found else None, score)
+
+
+def apply_watermark(pixels: np.ndarray, image_id: str, enabled: bool = True) -> tuple[np.ndarray, dict]:
+    """What the generation writer does per image: marked pixels and the provenance entry to merge.
+
+    With ``enabled=False`` (``--no-watermark``) the pixels are returned unchanged and the entry records
+    the opt-out: ``{"watermark": {"enabled": False}}``.
+    """
+    if not enabled:
+        return pixels, {"watermark": {"enabled": False}}
+    payload = make_payload(image_id, pixels)
+    return embed_watermark(pixels, payload), watermark_provenance(payload, pixels)
