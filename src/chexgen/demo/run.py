@@ -38,7 +38,7 @@ import numpy as np
 from chexgen.assets import RETRAIN_HINT, demo_model_dir
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record, write_manifest
-from chexgen.data.provenance import image_provenance, synthetic_png_text
+from chexgen.data.provenance import image_provenance
 from chexgen.errors import ChexgenError
 
 __all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
@@ -163,14 +163,13 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], cfg: DemoConfi
 
 def _synthetic_records(sources: Sequence[Record], prompts: Sequence[str], seeds: Sequence[int], images: np.ndarray,
                        out: Path, group: str, provenance: dict[str, Any]) -> list[Record]:
-    from chexgen.data.imageio import save_png
+    from chexgen.generation.writer import write_synthetic_png
 
     recs = []
     for k, (src, prompt, seed, img) in enumerate(zip(sources, prompts, seeds, images)):
         rid = f"{group}_{k:04d}"
         rel = f"images/{group}/{rid}.png"
-        prov = image_provenance(provenance, prompt, seed)
-        save_png(out / rel, img, text=synthetic_png_text(prov))
+        prov = write_synthetic_png(out / rel, img, rid, image_provenance(provenance, prompt, seed))
         recs.append(Record(
             id=rid, image=rel, dataset="chexgen-demo", view=src.view, sex=src.sex, age=src.age, race=src.race,
             width=img.shape[1], height=img.shape[0], labels=dict(src.labels), impression=prompt, synthetic=True,
@@ -256,6 +255,7 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
     from chexgen.data.imageio import save_png
+    from chexgen.generation.writer import write_synthetic_png
     from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
@@ -293,8 +293,8 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
         for j in idx:
             rid = f"control_{j:04d}"
             rel, cond_rel = f"images/control/{rid}.png", f"images/control/{rid}_condition.png"
-            prov = image_provenance(control_provenance, ex.prompt, seeds[j], ex.condition.id)
-            save_png(out / rel, on_img[j], text=synthetic_png_text(prov))
+            prov = write_synthetic_png(out / rel, on_img[j], rid,
+                                       image_provenance(control_provenance, ex.prompt, seeds[j], ex.condition.id))
             save_png(out / cond_rel, drawn[j])
             records.append(Record(
                 id=rid, image=rel, dataset="chexgen-demo", view="PA", width=on_img.shape[2], height=on_img.shape[1],

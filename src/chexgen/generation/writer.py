@@ -39,7 +39,7 @@ from chexgen.data.provenance import image_provenance, read_provenance, synthetic
 from chexgen.errors import ChexgenError
 from chexgen.generation.plan import PlannedImage
 
-__all__ = ["OutputWriter", "job_provenance", "condition_targets", "condition_boxes", "is_finished_image",
+__all__ = ["OutputWriter", "mark_image", "write_synthetic_png", "job_provenance", "condition_targets", "condition_boxes", "is_finished_image",
            "MANIFEST_NAME", "COCO_NAME"]
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -96,6 +96,28 @@ def is_finished_image(path: Path, size: int) -> bool:
         return True
     except (OSError, ValueError, SyntaxError):
         return False
+
+
+def mark_image(image: np.ndarray, image_id: str, provenance: dict[str, Any], bits: int = 8,
+               watermark: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Quantised pixels of ``image`` with the invisible watermark (unless ``watermark`` is off) and the
+    provenance with its ``watermark`` entry (payload, or the recorded opt-out)."""
+    pixels = quantize(image, bits)
+    if watermark:
+        from chexgen.release.watermark import apply_watermark
+
+        pixels, entry = apply_watermark(pixels, image_id)
+    else:
+        entry = {"watermark": {"enabled": False}}
+    return pixels, {**provenance, **entry}
+
+
+def write_synthetic_png(path: "str | os.PathLike", image: np.ndarray, image_id: str, provenance: dict[str, Any],
+                        bits: int = 8, watermark: bool = True) -> dict[str, Any]:
+    """Write one synthetic PNG the one way (watermark + marking text); returns the provenance written."""
+    pixels, prov = mark_image(image, image_id, provenance, bits, watermark)
+    save_png(path, pixels, bits=bits, text=synthetic_png_text(prov))
+    return prov
 
 
 def _is_finished_dicom(path: Path, size: int) -> bool:
@@ -167,15 +189,7 @@ class OutputWriter:
             masks, _ = condition_targets(job.condition, self.resolution, self.policy)
             for name, mask in masks.items():
                 save_png(self.out / self.mask_relpath(job, name), mask.astype(np.float32), bits=8)
-        pixels = quantize(image, self.bits)
-        prov = job_provenance(self.run_provenance, job)
-        if self.watermark:
-            from chexgen.release.watermark import apply_watermark
-
-            pixels, entry = apply_watermark(pixels, job.id)
-        else:
-            entry = {"watermark": {"enabled": False}}
-        prov.update(entry)
+        pixels, prov = mark_image(image, job.id, job_provenance(self.run_provenance, job), self.bits, self.watermark)
         dcm = self.dicom_relpath(job)
         if dcm is not None:
             from chexgen.release.dicom import write_synthetic_dicom
