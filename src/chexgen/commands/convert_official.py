@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from chexgen.commands._types import positive_int
 from chexgen.errors import ChexgenError
 
 #: Condition palette id written into converted official control adapters. The official
@@ -186,7 +187,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, choices=(256, 512), default=None,
                         help="Image size the checkpoint was trained at (read from its pos_embed when present; "
                              "sets the pos-embed scale 1.0 / 2.0).")
-    parser.add_argument("--num-heads", type=int, default=None,
+    parser.add_argument("--num-heads", type=positive_int, default=None,
                         help="Attention heads (default: width / 72, i.e. 16 for DiT-XL/2).")
     parser.add_argument("--dtype", choices=tuple(_DTYPES), default="auto",
                         help="Weight dtype to save (auto = as stored in the checkpoint).")

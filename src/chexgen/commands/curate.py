@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from chexgen.commands._types import nonneg_int, positive_float, positive_int
 from chexgen.errors import ChexgenError
 
 log = logging.getLogger("chexgen.curate")
@@ -26,17 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="Write the statistics tables but no PNG plots.")
     p.add_argument("--writer", choices=["template", "llm"], default="template",
                    help="Report writer: deterministic templates, or an LLM over an OpenAI-compatible API.")
-    p.add_argument("--seed", type=int, default=0, help="Wording seed of the template writer.")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--seed", type=nonneg_int, default=0, help="Wording seed of the template writer.")
+    p.add_argument("--max-attempts", type=positive_int, default=3,
                    help="Rewrites allowed for a report that fails the label check.")
     p.add_argument("--keep-failed", action="store_true",
                    help="Keep records whose report still fails QC (flagged in extra.qc) instead of rejecting them.")
     p.add_argument("--rewrite-source-reports", action="store_true",
                    help="Also write new reports for records that come with a real one (MIMIC-CXR, NLMCXR); "
                         "by default real reports are kept and only checked.")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="Processes writing template reports (same output as one process).")
-    p.add_argument("--limit", type=int, default=None, help="Read only the first N rows of each source.")
+    p.add_argument("--limit", type=nonneg_int, default=None, help="Read only the first N rows of each source.")
     p.add_argument("--image-root", action="append", default=[], metavar="NAME=DIR",
                    help="Folder holding a source's images; stored image paths are placed under it.")
     p.add_argument("--check-images", action="store_true",
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="minilm",
                    help="Tokenizer for report-length statistics and --select: 'minilm' (shipped), a hub id or "
                         "folder (e.g. a T5 v1.1 XXL folder), or 'none'.")
-    p.add_argument("--token-sample", type=int, default=20000,
+    p.add_argument("--token-sample", type=nonneg_int, default=20000,
                    help="Reports sampled for token-length statistics.")
     p.add_argument("--select", choices=["stage1", "stage2-train", "stage2-test"], default=None,
                    help="Keep only the paper's split (counts printed per filter step).")
@@ -58,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-cache", default=None,
                    help="On-disk cache folder for LLM answers (default <out stem>_llm_cache); reruns never pay twice.")
     p.add_argument("--llm-qc", action="store_true", help="Also run the LLM quality-control pass (stored per record).")
-    p.add_argument("--llm-rate", type=float, default=5.0, help="Maximum LLM requests per second.")
+    p.add_argument("--llm-rate", type=positive_float, default=5.0, help="Maximum LLM requests per second.")
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:

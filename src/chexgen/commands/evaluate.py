@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from chexgen.commands._types import nonneg_int, positive_int, probability
 from chexgen.errors import ChexgenError
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="Use a randomly initialised extractor (offline pipeline check only; numbers are not "
                         "comparable with anything).")
-    p.add_argument("--max-images", type=int, default=None, metavar="N", help="Use at most N images per manifest.")
-    p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap draws for confidence intervals (0 = none).")
-    p.add_argument("--distribution-bootstrap", type=int, default=50,
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="Use at most N images per manifest.")
+    p.add_argument("--bootstrap", type=nonneg_int, default=1000, help="Bootstrap draws for confidence intervals (0 = none).")
+    p.add_argument("--distribution-bootstrap", type=nonneg_int, default=50,
                    help="Cap on bootstrap draws for FID / KID / precision-recall (each draw recomputes them).")
     p.add_argument("--compare", default=None, metavar="MANIFEST",
                    help="A second synthetic manifest: metrics for it too, and Wilcoxon tests on shared prompts.")
@@ -38,15 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", default=None, metavar="PATH",
                    help="Segmentation model (TorchScript or pickled module: [B,1,H,W] in [0,1] -> mask logits) "
                         "for control adherence against the synthetic records' masks / boxes.")
-    p.add_argument("--image-size", type=int, default=224, help="Input size for a chexgen classifier extractor.")
-    p.add_argument("--analysis-size", type=int, default=256,
+    p.add_argument("--image-size", type=positive_int, default=224, help="Input size for a chexgen classifier extractor.")
+    p.add_argument("--analysis-size", type=positive_int, default=256,
                    help="Pixel size of the gray copies used for SSIM, MS-SSIM, memorisation and figures.")
-    p.add_argument("--batch-size", type=int, default=16, help="Images per forward pass.")
-    p.add_argument("--memorisation-ssim", type=float, default=0.95,
+    p.add_argument("--batch-size", type=positive_int, default=16, help="Images per forward pass.")
+    p.add_argument("--memorisation-ssim", type=probability, default=0.95,
                    help="SSIM at or above which a synthetic image is flagged as a copy of a training image.")
     p.add_argument("--no-tsne", action="store_true", help="Skip the t-SNE figure (slow on thousands of images).")
     p.add_argument("--device", default="cpu", help="Torch device for feature extraction.")
-    p.add_argument("--seed", type=int, default=0, help="Seed for bootstrap, KID subsets and t-SNE.")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="Seed for bootstrap, KID subsets and t-SNE.")
 
 
 def _load_module(path: Path, what: str):

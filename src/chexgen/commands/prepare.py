@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from chexgen.commands._types import nonneg_int, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="cache folder (created; re-running resumes)")
     parser.add_argument("--preset", default="tiny", help="model preset: fixes resolution, VAE and text encoder")
     parser.add_argument("--vae", default=None, help="folder of a trained VAE (chexgen train-vae) instead of the preset's")
-    parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: the preset's)")
+    parser.add_argument("--resolution", type=positive_int, default=None, help="image size in px (default: the preset's)")
     parser.add_argument("--resize-policy", choices=("crop", "pad"), default="crop",
                         help="square fit: center crop, or pad with black borders")
     parser.add_argument("--text-field", choices=("auto", "impression", "report"), default="auto",
@@ -37,15 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition-style", choices=CONDITION_STYLES, default="both",
                         help="with --conditions: draw masks and boxes together (both), only masks, only boxes, or "
                              "alternate (masks for half the records, boxes for the other half; one adapter for both)")
-    parser.add_argument("--num-shards", type=int, default=None,
+    parser.add_argument("--num-shards", type=positive_int, default=None,
                         help="split the manifest across N writer processes (default: $WORLD_SIZE or 1)")
-    parser.add_argument("--shard-index", type=int, default=None, help="this writer's index (default: $RANK or 0)")
-    parser.add_argument("--shard-size", type=int, default=1024, help="records per safetensors shard file")
-    parser.add_argument("--batch-size", type=int, default=32, help="images encoded per VAE / text-encoder call")
-    parser.add_argument("--num-workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
+    parser.add_argument("--shard-index", type=nonneg_int, default=None, help="this writer's index (default: $RANK or 0)")
+    parser.add_argument("--shard-size", type=positive_int, default=1024, help="records per safetensors shard file")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images encoded per VAE / text-encoder call")
+    parser.add_argument("--num-workers", type=nonneg_int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                         help="image decoding worker processes")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N records (for a quick try)")
+    parser.add_argument("--limit", type=nonneg_int, default=None, help="only the first N records (for a quick try)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

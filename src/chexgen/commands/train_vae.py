@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chexgen.commands._types import nonneg_int
 from chexgen.training.config import VAETrainConfig, add_config_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="?", default=None, help="manifest (JSONL / Parquet) of training images")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    parser.add_argument("--limit", type=nonneg_int, default=None, help="use only the first N records")
     add_config_arguments(parser, VAETrainConfig, skip=("data",))
 
 
