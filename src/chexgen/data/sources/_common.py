@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
+from chexgen.data.rejects import Reject
 from chexgen.errors import ChexgenError
 
 __all__ = [
@@ -33,20 +34,6 @@ __all__ = [
     "empty_labels",
     "image_path",
 ]
-
-
-@dataclass
-class Reject:
-    """A row that could not become a record."""
-
-    source: str
-    file: str
-    row: int  # 1-based data row (header excluded)
-    reason: str
-    id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "file": self.file, "row": self.row, "id": self.id, "reason": self.reason}
 
 
 @dataclass
