@@ -87,6 +87,7 @@ class TrainConfig(LoopConfig):
 
     preset: str = "tiny"
     data: str | None = None  # a `chexgen prepare` cache folder, or a manifest with encode_on_the_fly
+    data_root: str | None = None  # with a manifest: refuse image paths resolving outside this folder
     vae: str | None = None  # folder of a trained VAE (chexgen train-vae) instead of the preset's
     transformer_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {num_layers: 2}
     # curriculum: start from a stage-1 checkpoint / pipeline folder at another resolution
@@ -119,6 +120,7 @@ class VAETrainConfig(LoopConfig):
 
     preset: str = "tiny"
     data: str | None = None  # a manifest of images
+    data_root: str | None = None  # refuse image paths resolving (symlinks followed) outside this folder
     init_from: str | None = None  # a RadiographVAE folder to fine-tune; None = random init
     resolution: int | None = None
     resize_policy: str = "crop"
@@ -378,6 +380,8 @@ HELP: dict[str, str] = {
     "progress": "show progress bars",
     "preset": "model preset (chexgen presets lists them)",
     "data": "a `chexgen prepare` cache folder (or a manifest with --encode-on-the-fly / for train-vae)",
+    "data_root": "with a manifest: refuse image paths that resolve (symlinks followed) outside this folder "
+                 "(train-vae lists them as rejects; train --encode-on-the-fly stops); default: no confinement",
     "vae": "folder of a trained VAE (from chexgen train-vae) to sample and export with",
     "transformer_overrides": "YAML mapping of ChexGenDiT arguments overriding the preset, e.g. '{depth: 2}'",
     "init_from": "stage-2 start: a checkpoint, run or pipeline folder (pos-embed recomputed for the new resolution)",
