@@ -236,6 +236,31 @@ def test_two_process_cpu_run_keeps_replicas_identical(prepared, tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     saved = load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors"))
     assert all(torch.equal(saved[k], r0[k]) for k in saved)
-    assert (out / "checkpoints" / "step-0000003" / "rng-rank01.pt").is_file()
+    assert (out / "checkpoints" / "step-0000003" / "rng-rank01.safetensors").is_file()
     step2 = load_file(str(out / "checkpoints" / "step-0000002" / "model.safetensors"))
     assert not torch.equal(step2["backbone.proj_out.weight"], saved["backbone.proj_out.weight"])  # it did train
+
+
+class _Proof:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_from_a_tampered_run_folder_runs_no_code(prepared, tmp_path, capsys):
+    """A scheduler.pt holding a pickle payload (as chexgen < this format wrote it) is refused on resume."""
+    _, _, cache = prepared
+    run = tmp_path / "shared_run"
+    args = ["train", str(cache), "--output-dir", str(run), "--transformer-overrides", str(TINY), "--batch-size", "4",
+            "--sample-prompts", "--no-export", "--no-progress", "--checkpoint-every", "0", "--lr-warmup-steps", "0"]
+    assert main(args + ["--max-steps", "2"]) == 0
+    ckpt = run / "checkpoints" / "step-0000002"
+    (ckpt / "scheduler.json").unlink()
+    proof = tmp_path / "proof"
+    torch.save({"last_epoch": _Proof(str(proof))}, ckpt / "scheduler.pt")
+    assert main(args + ["--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "scheduler.pt" in err and len(err.strip().splitlines()) == 1
+    assert not proof.exists()
