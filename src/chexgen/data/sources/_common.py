@@ -33,6 +33,7 @@ __all__ = [
     "parse_view",
     "empty_labels",
     "image_path",
+    "read_csv",
 ]
 
 
@@ -49,6 +50,31 @@ class SourceResult:
         self.records.extend(other.records)
         self.rejects.extend(other.rejects)
         self.files.extend(other.files)
+
+
+def read_csv(path: str | os.PathLike, **kwargs: Any):
+    """``pandas.read_csv`` with every way a file can be unreadable turned into one ChexgenError naming it.
+
+    An unterminated quote, a wrong encoding, a truncated gzip or an empty file make
+    the whole file unusable (there is no reliable next row to continue from), so
+    they stop the job (exit 2) instead of becoming per-row rejects.
+    """
+    import zlib
+
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ChexgenError(f"{path}: empty file (no header row)") from None
+    except pd.errors.ParserError as e:
+        detail = str(e).replace("Error tokenizing data. C error: ", "").strip()
+        raise ChexgenError(f"{path}: not a readable CSV ({detail}; an unterminated quote or a row with too "
+                           "many fields)") from None
+    except UnicodeDecodeError as e:
+        raise ChexgenError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise ChexgenError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def require_columns(frame: Any, columns: Iterable[str], path: str | os.PathLike) -> None:
