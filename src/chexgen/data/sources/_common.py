@@ -95,7 +95,8 @@ def xrv_data_file(name: str) -> Path:
 
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise ChexgenError("torchxrayvision is not installed; pass the dataset files explicitly")
+        raise ChexgenError("torchxrayvision is not installed; give the dataset's file or folder with "
+                           "--source NAME=PATH")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
     if not path.is_file():
         raise ChexgenError(f"{path}: not shipped by the installed torchxrayvision")
