@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chexgen.control_pipeline import control_model_fn
 from chexgen.curation.report_writer import TemplateReportWriter
 from chexgen.data.conditions import record_condition
 from chexgen.data.imageio import fit_square, load_gray
@@ -49,6 +48,7 @@ from chexgen.models.dit import ChexGenDiT
 from chexgen.models.presets import TextEncoderSpec
 from chexgen.models.text_encoder import load_text_encoder
 from chexgen.phantom.cohort import CohortConfig, write_cohort
+from chexgen.pipelines.control import control_model_fn
 from chexgen.training.diffusion_task import DiffusionObjective
 
 FACTOR = 2  # space-to-depth factor standing in for the VAE (32 px image -> 4 x 16 x 16 latent)

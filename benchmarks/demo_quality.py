@@ -44,10 +44,10 @@ def main() -> int:
     from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
-    from chexgen.demo import DemoConfig, _resolve_model, _synthetic_records, evaluate_demo_model
+    from chexgen.demo.run import DemoConfig, _resolve_model, _synthetic_records, evaluate_demo_model
     from chexgen.downstream.classifier import load_classifier
     from chexgen.phantom.cohort import CohortConfig, write_cohort
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
     cfg = DemoConfig(model=args.model, progress=True)

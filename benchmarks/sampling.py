@@ -62,7 +62,7 @@ def main() -> None:
     from diffusers import PixArtAlphaPipeline
 
     from chexgen.diffusion.samplers import make_generators, make_scheduler
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     pipe = ChexGenPipeline.from_preset(args.preset, seed=0)
     _perturb(pipe.transformer)

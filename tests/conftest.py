@@ -57,7 +57,7 @@ def make_tiny_pipeline(t5_dir, resolution: int = 32, seed: int = 0, **overrides)
     Runs a 2-step sampling in well under a second on CPU; use it for any pipeline-level test.
     """
     from chexgen.models.presets import TextEncoderSpec, VAESpec
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     kw = dict(depth=1, hidden_size=32, num_heads=2)
     kw.update(overrides)

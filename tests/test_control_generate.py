@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,14 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from chexgen.commands._control_options import add_control_arguments, control_requested, generate_with_control
 from chexgen.data.conditions import encode_rle
 from chexgen.data.imageio import read_png_text
 from chexgen.data.manifest import read_manifest
 from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import ChexGenControlNet
 from chexgen.models.presets import TextEncoderSpec, VAESpec
-from chexgen.pipeline import ChexGenPipeline
+from chexgen.generation import ChexGenBackend, ConditionOptions, PromptItem, generate_to_folder, read_conditions
+from chexgen.generation.conditions import parse_mask_classes
+from chexgen.pipelines import ChexGenControlPipeline, ChexGenPipeline
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 
@@ -36,10 +36,15 @@ def models(tmp_path_factory, tiny_t5_dir):
     return root, base
 
 
-def _args(argv):
-    parser = argparse.ArgumentParser()
-    add_control_arguments(parser)
-    return parser.parse_args(argv)
+def _run(root, base, opts, prompts, out, scale=1.0, **kw):
+    """Generate through the engine with the test adapter on ``base``."""
+    control = ChexGenControlPipeline.from_pretrained(root / "ctrl", base=base)
+    sampling = base.sampling_settings(num_inference_steps=kw.pop("steps", 2), guidance_scale=kw.pop("guidance", 2.0))
+    backend = ChexGenBackend(base, sampling, control=control, conditioning_scale=scale)
+    rejects = []
+    conditions = read_conditions(opts, rejects)
+    return generate_to_folder(backend, [PromptItem(p) for p in prompts], out, conditions=conditions,
+                              progress=False, rejects=rejects, **kw)
 
 
 def test_masks_and_boxes_are_written_with_each_image(models, tmp_path):
@@ -51,14 +56,14 @@ def test_masks_and_boxes_are_written_with_each_image(models, tmp_path):
     Image.fromarray(m).save(masks / "case1.png")
     (tmp_path / "boxes.csv").write_text("image_id,label,x0,y0,x1,y1,width,height\n"
                                         "case1,Effusion,0,40,32,64,64,64\ncase2,Nodule,10,10,20,20,40,40\n")
-    args = _args(["--control-model", str(root / "ctrl"), "--masks", str(masks), "--boxes", str(tmp_path / "boxes.csv")])
-    assert control_requested(args) and not control_requested(_args([]))
+    opts = ConditionOptions(masks=str(masks), boxes=str(tmp_path / "boxes.csv"))
+    assert opts.requested and not ConditionOptions().requested
     out = tmp_path / "out"
-    n = generate_with_control(args, ["Left pneumothorax and effusion."], out, seed=4, num_inference_steps=2,
-                              guidance_scale=2.0, images_per_condition=2, progress=False, base_pipeline=base)
-    assert n == 4
+    res = _run(root, base, opts, ["Left pneumothorax and effusion."], out, seed=4, num_images_per_prompt=2)
+    assert res.generated == 4 and not res.rejected
     records = read_manifest(out / "manifest.jsonl")
-    assert [r.id for r in records] == ["case1_s4", "case1_s5", "case2_s6", "case2_s7"]
+    assert [r.id for r in records] == ["syn-000000-000", "syn-000000-001", "syn-000001-000", "syn-000001-001"]
+    assert [r.extra["condition_id"] for r in records] == ["case1", "case1", "case2", "case2"]
     r = records[0]
     assert r.synthetic and r.provenance["seed"] == 4 and r.provenance["condition_id"] == "case1"
     assert r.provenance["conditioning_scale"] == 1.0 and r.provenance["control_sha256"]
@@ -84,18 +89,14 @@ def test_rle_csv_conditions_and_errors(models, tmp_path):
     mask = np.zeros((16, 16), bool)
     mask[2:6, 3:9] = True
     (tmp_path / "rle.csv").write_text(f"ImageId,EncodedPixels\nimgA,{encode_rle(mask)}\nimgB,-1\n")
-    args = _args(["--control-model", str(root / "ctrl"), "--masks", str(tmp_path / "rle.csv"),
-                  "--mask-size", "16", "16", "--conditioning-scale", "0.5"])
+    opts = ConditionOptions(masks=str(tmp_path / "rle.csv"), mask_size=(16, 16))
     out = tmp_path / "o"
-    assert generate_with_control(args, ["Pneumothorax."], out, num_inference_steps=1, progress=False,
-                                 base_pipeline=base) == 1  # the -1 row is skipped
+    res = _run(root, base, opts, ["Pneumothorax."], out, scale=0.5, steps=1)
+    assert res.generated == 1  # the -1 row is skipped
     (rec,) = read_manifest(out / "manifest.jsonl")
     assert rec.provenance["conditioning_scale"] == 0.5
-    with pytest.raises(ChexgenError, match="need --control-model"):
-        generate_with_control(_args(["--masks", str(tmp_path / "rle.csv")]), ["x"], out, base_pipeline=base)
     with pytest.raises(ChexgenError, match="VALUE=NAME"):
-        generate_with_control(_args(["--control-model", str(root / "ctrl"), "--masks", str(tmp_path),
-                                     "--mask-classes", "lungs"]), ["x"], out, base_pipeline=base)
+        parse_mask_classes("lungs")
 
 
 def test_generate_command_with_boxes(models, tmp_path):
@@ -109,5 +110,5 @@ def test_generate_command_with_boxes(models, tmp_path):
                  "--no-progress", "--seed", "9"])
     assert code == 0
     (rec,) = read_manifest(out / "manifest.jsonl")
-    assert rec.id == "q_s9" and rec.impression == "Right upper lobe nodule." and len(rec.boxes) == 1
+    assert rec.id == "syn-000000-000" and rec.extra["condition_id"] == "q" and rec.impression == "Right upper lobe nodule." and len(rec.boxes) == 1
     assert (out / rec.image).is_file() and (out / "boxes.coco.json").is_file()

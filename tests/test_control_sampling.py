@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from chexgen.control_pipeline import ChexGenControlPipeline, control_model_fn
+from chexgen.pipelines.control import ChexGenControlPipeline, control_model_fn
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import LabelledMask
 from chexgen.data.manifest import Box
@@ -14,7 +14,7 @@ from chexgen.diffusion.samplers import guided_prediction
 from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import ChexGenControlNet, controlled_forward
 from chexgen.models.presets import TextEncoderSpec, VAESpec
-from chexgen.pipeline import ChexGenPipeline
+from chexgen.pipelines import ChexGenPipeline
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 
@@ -134,3 +134,16 @@ def test_official_binary_palette_adapter_sees_white_masks(pipes, tmp_path):
     assert set(np.unique(img)) == {0.0, 1.0}
     gray = ChexGenControlPipeline(base, ChexGenControlNet.from_transformer(base.transformer)).render(_conditions()[1])
     assert np.array_equal(gray > 0, img > 0) and len(np.unique(gray)) == 3
+
+
+def test_control_info_reads_the_legacy_packed_key(tmp_path):
+    from chexgen.pipelines.control import ControlInfo
+
+    (tmp_path / "control_info.json").write_text('{"base_model": "../pipeline", "trained_on_base_sha256": "ab"}')
+    info = ControlInfo.read(tmp_path)
+    assert info.base_model == "../pipeline" and info.base_checkpoint_sha256 == "ab"
+    info.write(tmp_path / "again")
+    assert ControlInfo.read(tmp_path / "again") == info
+    (tmp_path / "control_info.json").write_text('{"data": "x"}')
+    with pytest.raises(ChexgenError, match="base_model"):
+        ControlInfo.read(tmp_path)

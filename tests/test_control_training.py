@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from chexgen.cli import main
-from chexgen.control_pipeline import ChexGenControlPipeline
+from chexgen.pipelines.control import ChexGenControlPipeline
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import record_condition
 from chexgen.data.imageio import save_png
 from chexgen.data.manifest import Box, Record, write_manifest
 from chexgen.models.presets import TextEncoderSpec, VAESpec
-from chexgen.pipeline import ChexGenPipeline
+from chexgen.pipelines import ChexGenPipeline
 from chexgen.training.cache import CacheSpec, prepare_cache
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
@@ -65,6 +65,9 @@ def test_train_control_trains_only_the_adapter_and_exports_a_loadable_folder(pre
     export = run / "controlnet"
     info = json.loads((export / "control_info.json").read_text())
     assert info["base_model"] == str((root / "base").resolve()) and info["base_checkpoint_sha256"]
+    from chexgen.pipelines.control import ControlInfo
+
+    assert set(info) == set(ControlInfo.__dataclass_fields__)  # the one schema (packing writes it too)
     weights = load_file(str(export / "diffusion_pytorch_model.safetensors"))
     assert set(weights) >= {"controlnet.0.before_proj.weight", "controlnet.1.after_proj.weight"}
     assert not any(k.startswith(("transformer.", "backbone.")) for k in weights)  # the base is not copied

@@ -77,8 +77,10 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     for r in controlled:
         assert (out / r.extra["condition_image"]).is_file() and sum(r.labels.values()) == 1
         assert "torchxrayvision" in r.extra["condition_source"] and r.provenance["control_model"].endswith("control")
-    text = read_png_text(out / paired[0].image)
-    assert text["chexgen:synthetic"] == "true" and text["chexgen:prompt"] == paired[0].impression
+    text = read_png_text(out / paired[0].image)  # the one marking scheme of every synthetic PNG
+    prov = json.loads(text["chexgen:provenance"])
+    assert text["chexgen:synthetic"] == "true" and prov["prompt"] == paired[0].impression
+    assert prov == paired[0].provenance and prov["backend"] == "chexgen" and prov["seed"] == 0
 
 
 def test_nlmcxr_prompts_are_real_and_within_trained_findings():
@@ -101,7 +103,7 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     import torch
 
     from chexgen.downstream.classifier import load_classifier
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     dest = tmp_path / "packed"
     code = main(["demo", "--pack-pipeline", str(demo_model / "pipeline"), "--pack-classifier",
@@ -125,11 +127,14 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     assert (dest / "prevalence.yaml").read_text() == (demo_model / "prevalence.yaml").read_text()
 
     # the adapter: fp16, its base named relative to itself, loadable without naming the base
-    from chexgen.control_pipeline import ChexGenControlPipeline
+    from chexgen.pipelines.control import ChexGenControlPipeline
 
     adapter = load_file(str(dest / "control" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in adapter.values()} == {torch.float16}
-    assert json.loads((dest / "control" / "control_info.json").read_text())["base_model"] == "../pipeline"
+    packed = json.loads((dest / "control" / "control_info.json").read_text())
+    from chexgen.pipelines.control import ControlInfo
+
+    assert packed["base_model"] == "../pipeline" and set(packed) == set(ControlInfo.__dataclass_fields__)
     cpipe = ChexGenControlPipeline.from_pretrained(dest / "control")
     assert cpipe.base.source_path.resolve() == (dest / "pipeline").resolve()
 

@@ -9,7 +9,7 @@ from chexgen.cli import main
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import LabelledMask, resolve_class
 from chexgen.data.manifest import Box, read_manifest
-from chexgen.demo_control import condition_impression, localisation_ratio, real_control_examples
+from chexgen.demo.control import condition_impression, localisation_ratio, real_control_examples
 from chexgen.errors import ChexgenError
 
 from conftest import make_tiny_pipeline
@@ -64,7 +64,7 @@ def test_localisation_ratio():
 
 
 def test_generate_uses_the_bundled_adapter_when_no_model_is_given(tmp_path, tiny_t5_dir, monkeypatch):
-    import chexgen.commands.generate as gen
+    import chexgen.assets
     from chexgen.models.controlnet import ChexGenControlNet
 
     pipe = make_tiny_pipeline(tiny_t5_dir, depth=2)
@@ -72,7 +72,7 @@ def test_generate_uses_the_bundled_adapter_when_no_model_is_given(tmp_path, tiny
     adapter = ChexGenControlNet.from_transformer(pipe.transformer, num_blocks=1)
     adapter.save_pretrained(str(tmp_path / "demo" / "control"), safe_serialization=True)
     (tmp_path / "demo" / "control" / "control_info.json").write_text(json.dumps({"base_model": "../pipeline"}))
-    monkeypatch.setattr(gen, "demo_model_path", lambda: tmp_path / "demo" / "pipeline")
+    monkeypatch.setattr(chexgen.assets, "demo_model_dir", lambda: tmp_path / "demo")
     (tmp_path / "boxes.csv").write_text("image_id,label,x0,y0,x1,y1,width,height\nq,Effusion,1,10,14,30,32,32\n")
     out = tmp_path / "out"
     assert main(["generate", "Small right pleural effusion.", "--boxes", str(tmp_path / "boxes.csv"), "--out",

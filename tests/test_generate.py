@@ -104,9 +104,9 @@ def test_positional_prompt_and_control_options_present(tiny_pipeline_dir, tmp_pa
 
 
 def test_missing_demo_model_error_says_how_to_get_one(tmp_path, capsys, monkeypatch):
-    import chexgen.commands.generate as gen
+    import chexgen.assets
 
-    monkeypatch.setattr(gen, "demo_model_path", lambda: tmp_path / "no-demo")
+    monkeypatch.setattr(chexgen.assets, "demo_model_dir", lambda: tmp_path / "no-demo")
     assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--model" in err and "convert-official" in err and not (tmp_path / "o").exists()
@@ -167,7 +167,8 @@ def test_two_process_cpu_run_shards_without_duplicates_or_gaps(tiny_pipeline_dir
            "--device", "cpu", "--out", str(out), *FAST]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "process 1/2: generated 5 image(s)" in res.stdout and "process 2/2: generated 5 image(s)" in res.stdout
+    # 10 images in batches of 2: batches 0, 2, 4 go to process 1 and batches 1, 3 to process 2
+    assert "process 1/2: generated 6 image(s)" in res.stdout and "process 2/2: generated 4 image(s)" in res.stdout
     recs = read_manifest(out / "manifest.jsonl")
     ids = [r.id for r in recs]
     assert len(ids) == 10 and len(set(ids)) == 10

@@ -88,11 +88,10 @@ def test_only_cli_imports_commands_in_the_library():
     assert commands_importers(src_modules()) == {}
 
 
-# The tests and benchmarks that still import commands/ belong to others: the lead's generate /
-# control tests (test_generate, test_control_generate, test_demo_control) and the harden engineer's
-# train / convert-official ones (test_train, test_official_convert, benchmarks/official_convert_memory.py).
-# Drop this xfail once both branches have landed.
-@pytest.mark.xfail(strict=False, reason="tests/benchmarks importing commands/: being fixed by lead and harden")
+# After the lead's and harden's merges only tests/test_cli_numeric.py (harden's: it tests the argparse
+# types of commands/_types.py directly) still imports commands/; drop this xfail once it goes
+# through chexgen.cli.main or the types move to a library module.
+@pytest.mark.xfail(strict=False, reason="tests/test_cli_numeric.py imports commands/_types (harden)")
 def test_tests_and_benchmarks_do_not_import_commands():
     offenders = {}
     for folder in ("tests", "benchmarks", "scripts", "docs"):

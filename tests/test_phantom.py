@@ -253,3 +253,73 @@ def test_ap_view_renders_with_its_own_geometry():
     # The heart lies anterior to the mid-plane: magnified relative to it on AP, reduced on PA.
     y = ap.landmarks["heart_center"][1]
     assert ap.geometry.magnification(y) > 1.0 > load_atlas("PA").geometry.magnification(y)
+
+
+def _cohort_bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_fresh_atlas_cached_atlas_and_resumed_cohorts_are_bitwise_equal(atlas, tmp_path):
+    """A run that builds the atlas, a run that loads it, and a fresh run killed and resumed: same bytes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from chexgen.phantom.source import cache_dir
+
+    cache = tmp_path / "fresh_cache"  # empty: the first run builds the atlas itself
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run([sys.executable, "-m", "chexgen.cli", "phantom", "--n", "4", "--size", "64", "--out",
+                           str(fresh), "--cache", str(cache), "--source", str(cache_dir()), "--workers", "1",
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "building the phantom atlas" in proc.stderr
+    cached = tmp_path / "cached"
+    write_cohort(CohortConfig(n=4, size=64, cache=str(cache)), cached, TemplateReportWriter(seed=0), progress=False)
+    assert _cohort_bytes(fresh) == _cohort_bytes(cached) and len(_cohort_bytes(fresh)) > 4 * 20
+
+    # killed after 2 of 4 cases on the fresh atlas, resumed with the cached one
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fresh, resumed)
+    for i in (2, 3):
+        (resumed / "records" / f"phantom_{i:06d}.json").unlink()
+        (resumed / "images" / f"phantom_{i:06d}.png").unlink()
+        shutil.rmtree(resumed / "masks" / f"phantom_{i:06d}")
+    (resumed / "manifest.jsonl").unlink()
+    info = write_cohort(CohortConfig(n=4, size=64, cache=str(cache)), resumed, TemplateReportWriter(seed=0),
+                        progress=False)
+    assert info["written"] == 2 and info["skipped"] == 2
+    assert _cohort_bytes(resumed) == _cohort_bytes(cached)
+    assert (resumed / "manifest.jsonl").read_text() == (cached / "manifest.jsonl").read_text()
+
+
+def test_resume_redoes_deleted_truncated_or_empty_files(atlas, tmp_path):
+    out = tmp_path / "c"
+    write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    good = _cohort_bytes(out)
+    img0, img2 = out / "images" / "phantom_000000.png", out / "images" / "phantom_000002.png"
+    img0.write_bytes(img0.read_bytes()[:200])  # truncated
+    (out / "masks" / "phantom_000001" / "heart.png").write_bytes(b"")  # 0 bytes
+    img2.unlink()  # deleted
+    info = write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    assert info["written"] == 3 and info["skipped"] == 0
+    assert _cohort_bytes(out) == good
+    again = write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    assert again["skipped"] == 3
+
+
+def test_bad_phantom_options_leave_nothing_behind(tmp_path, capsys):
+    from chexgen.cli import main
+
+    with pytest.raises(ChexgenError, match="--seed must be within"):
+        write_cohort(CohortConfig(n=2, size=64, seed=-1), tmp_path / "neg", TemplateReportWriter(seed=-1),
+                     progress=False)
+    assert not (tmp_path / "neg").exists()
+    afile = tmp_path / "cache_is_a_file"
+    afile.write_text("x")
+    assert main(["phantom", "--n", "2", "--size", "64", "--out", str(tmp_path / "o"), "--cache", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and str(afile) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert main(["phantom", "--n", "2", "--size", "32", "--out", str(tmp_path / "o")]) == 2
+    assert "64..1024" in capsys.readouterr().err and not (tmp_path / "o").exists()

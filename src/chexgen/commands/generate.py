@@ -1,30 +1,16 @@
-"""``chexgen generate``: prompts -> synthetic radiograph PNGs + a synthetic manifest.
+"""``chexgen generate``: prompts (and masks / boxes) -> synthetic radiograph PNGs + a synthetic manifest.
 
-Thin layer over :mod:`chexgen.generation` and :class:`chexgen.ChexGenPipeline`.
-Everything that can be wrong with the input (prompts, sampler, model folder) is
-checked before the output folder is created. Under ``accelerate launch`` or
-``torchrun`` the images are sharded across processes.
+Parses the options and calls :func:`chexgen.generation.run_generation`, which checks every input
+before the output folder is created. Under ``accelerate launch`` or ``torchrun`` the images are
+sharded across processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from chexgen.errors import ChexgenError
-
-logger = logging.getLogger("chexgen.generate")
-
-SAMPLER_NAMES = ("ddim", "iddpm", "dpmsolver++", "official")  # = chexgen.diffusion.SAMPLERS (kept light here)
-
-
-def demo_model_path() -> Path:
-    """The bundled demo pipeline folder inside the installed package (see chexgen.demo)."""
-    from chexgen.demo import bundled_model_dir
-
-    return bundled_model_dir() / "pipeline"
-
+from chexgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("prompts (one of)")
@@ -61,162 +47,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0,
                    help="Base seed; image k of prompt i uses seed + i * num_images_per_prompt + k.")
     s.add_argument("--sampler", default=None,
-                   help=f"One of {', '.join(SAMPLER_NAMES)} (default: the model's, normally ddim).")
+                   help=f"Sampler: {', '.join(SAMPLERS)} (default: the model's own; the bundled demo model stores "
+                        "iddpm).")
     s.add_argument("--steps", type=int, default=None,
-                   help="Sampling steps (default: the sampler's: ddim 100, iddpm 100, dpmsolver++ 20, official 100).")
+                   help="Sampling steps (default: the model's own, else the sampler's: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ").")
     s.add_argument("--guidance", type=float, default=None,
                    help="Classifier-free guidance scale (default: the model's own, 4.0 unless it stores another).")
     o = parser.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="Output folder: images/*.png, manifest.jsonl, generation.json. Rerunning resumes.")
-    o.add_argument("--bits", type=int, default=8, choices=(8, 16), help="PNG bit depth.")
+    o.add_argument("--bits", type=int, default=8, choices=(8, 16), help="Bit depth of the PNG / DICOM pixels.")
+    o.add_argument("--format", dest="image_format", default="png", choices=("png", "dicom", "both"),
+                   help="Image files: PNG (images/), synthetic Secondary Capture DICOM (images/*.dcm; needs the "
+                        "'release' extra), or both (PNG in images/, DICOM in dicom/).")
+    o.add_argument("--no-watermark", action="store_true",
+                   help="Do not embed the invisible watermark (chexgen id + image hash) in each image; the opt-out "
+                        "is recorded in every image's provenance. `chexgen verify` reads the watermark back.")
     o.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-    try:  # mask / box control lives in its own module (spatial-control engineer)
-        from chexgen.commands._control_options import add_control_arguments
-    except ImportError:  # pragma: no cover
-        return
-    add_control_arguments(parser)
-
-
-def _collect_prompts(args, required: bool = True):
-    from chexgen.generation import PromptItem, read_prompts
-
-    direct = list(getattr(args, "text", None) or []) + list(args.prompt or [])
-    if direct and args.prompts:
-        raise ChexgenError("give prompts directly (PROMPT / --prompt) or with --prompts FILE, not both")
-    if direct:
-        items = []
-        for i, p in enumerate(direct):
-            if not p or not p.strip():
-                raise ChexgenError(f"prompt number {i + 1} on the command line is empty")
-            items.append(PromptItem(p.strip(), None, f"prompt {i + 1}"))
-        return items
-    if args.prompts is not None:
-        return read_prompts(args.prompts, column=args.column, manifest=args.manifest or None,
-                            demographic=args.demographic_prompts)
-    if required:
-        raise ChexgenError("no prompts: give PROMPT, --prompt TEXT or --prompts FILE")
-    return []
-
-
-def _run_control(args) -> int:
-    """Mask / box guided generation (see chexgen.commands._control_options)."""
-    from chexgen.commands._control_options import generate_with_control
-
-    if args.preset is not None:
-        raise ChexgenError("--preset cannot be combined with --control-model")
-    items = _collect_prompts(args, required=False)
-    if not args.control_model and args.model is None:  # the bundled demo model's adapter, when installed
-        bundled = demo_model_path().parent / "control"
-        if (bundled / "config.json").is_file():
-            args.control_model = str(bundled)
-    n = generate_with_control(
-        args, [i.prompt for i in items], args.out, model=str(args.model) if args.model else None,
-        seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
-        batch_size=args.batch_size, images_per_condition=args.num_images_per_prompt, bits=args.bits,
-        device=args.device, progress=not args.no_progress,
+    g = parser.add_argument_group(
+        "spatial control",
+        "Place findings where a mask or a box says (with --control-model, or the bundled adapter). One image "
+        "per condition (times --num-images-per-prompt); prompts: one for all conditions, one per condition, or "
+        "the manifest's own text. A condition that cannot be used (bad row, empty or out-of-frame geometry) is "
+        "listed in OUT/rejects.jsonl and the rest are generated; the exit code is then 1.",
     )
-    print(f"generated {n} controlled image(s) -> {args.out}", flush=True)
-    return 0
+    g.add_argument("--control-model", type=Path, metavar="DIR",
+                   help="ControlNet adapter folder (from chexgen train-control); its base is --model, else the base "
+                        "recorded in the adapter's control_info.json. Default with --masks/--boxes and no --model: "
+                        "the bundled demo model's adapter")
+    g.add_argument("--masks", metavar="PATH",
+                   help="a folder of mask PNGs (binary, or label maps with --mask-classes) or a SIIM-style RLE CSV "
+                        "(ImageId, EncodedPixels)")
+    g.add_argument("--mask-class", default="Pneumothorax",
+                   help="class of binary masks (palette name or alias, e.g. Pneumothorax, lungs, ribs, Nodule)")
+    g.add_argument("--mask-classes", metavar="V=NAME,...",
+                   help="read mask PNGs as label maps: pixel value -> class, e.g. '1=lungs,2=heart,3=Nodule'")
+    g.add_argument("--mask-threshold", type=float, default=None,
+                   help="binarise non-binary masks at this fraction (0..1) of their maximum (unset: a non-binary "
+                        "mask is an error)")
+    g.add_argument("--mask-size", type=int, nargs=2, metavar=("W", "H"), default=(1024, 1024),
+                   help="image size the RLE strings refer to")
+    g.add_argument("--include-empty-masks", action="store_true",
+                   help="keep RLE rows of -1 (no finding) as blank conditions instead of skipping them")
+    g.add_argument("--boxes", metavar="PATH",
+                   help="boxes as COCO JSON, CSV (image_id,label,x0,y0,x1,y1[,width,height]; NIH BBox_List and "
+                        "VinDr-CXR layouts too) or a chexgen manifest (.jsonl/.parquet, with its masks and text)")
+    g.add_argument("--conditioning-scale", type=float, default=1.0,
+                   help="strength of the control residuals (0 = ignore the condition)")
+    g.add_argument("--max-conditions", type=int, default=None, metavar="N",
+                   help="use only the first N conditions")
 
 
-def _check_numbers(args) -> None:
-    if args.sampler is not None and args.sampler not in SAMPLER_NAMES:
-        raise ChexgenError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLER_NAMES)}")
-    if args.num_images_per_prompt < 1:
-        raise ChexgenError(f"--num-images-per-prompt must be >= 1, got {args.num_images_per_prompt}")
-    if args.batch_size < 1:
-        raise ChexgenError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps is not None and args.steps < 1:
-        raise ChexgenError(f"--steps must be >= 1, got {args.steps}")
-    if args.guidance is not None and args.guidance < 0:
-        raise ChexgenError(f"--guidance must be >= 0, got {args.guidance}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ChexgenError(f"--out {args.out} exists and is not a folder")
+def _options(args: argparse.Namespace):
+    from chexgen.generation import ConditionOptions, GenerateOptions
+    from chexgen.generation.conditions import parse_mask_classes
 
-
-def _load_pipeline(args):
-    from chexgen.pipeline import ChexGenPipeline
-
-    if args.preset is not None:
-        if args.model is not None:
-            raise ChexgenError("give --model or --preset, not both")
-        from chexgen.models.presets import get_preset
-
-        get_preset(args.preset)  # unknown name -> error listing the presets
-        pipe = ChexGenPipeline.from_preset(args.preset)
-        return pipe, f"preset:{args.preset} (untrained)"
-    model = args.model
-    if model is None:
-        model = demo_model_path()
-        if not (model / "chexgen_config.json").is_file():
-            raise ChexgenError(
-                "no --model given and no bundled demo model is installed; pass --model FOLDER (a pipeline "
-                "folder from `chexgen train`, `chexgen demo` or `chexgen convert-official`)"
-            )
-    pipe = ChexGenPipeline.from_pretrained(model, text_encoder_name_or_path=args.text_encoder)
-    return pipe, str(Path(model).resolve())
-
-
-def _use_cpu(device: str | None) -> bool:
-    """Whether accelerate should set up CPU processes (gloo) rather than one GPU per process.
-
-    accelerate only forms a multi-process CPU group when asked for CPU explicitly, so
-    ask whenever CUDA is absent (e.g. ``torchrun --nproc_per_node 2`` on a CPU machine).
-    """
-    import os
-
-    import torch
-
-    if device is not None:
-        return torch.device(device).type == "cpu"
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    conditions = ConditionOptions(
+        masks=args.masks, boxes=args.boxes, mask_class=args.mask_class,
+        mask_classes=parse_mask_classes(args.mask_classes), mask_threshold=args.mask_threshold,
+        mask_size=tuple(args.mask_size), include_empty_masks=args.include_empty_masks,
+        max_conditions=args.max_conditions,
+    )
+    return GenerateOptions(
+        out=args.out, texts=list(args.text or []) + list(args.prompt or []), prompts_file=args.prompts,
+        column=args.column, manifest=args.manifest, demographic=args.demographic_prompts, model=args.model,
+        preset=args.preset, text_encoder=args.text_encoder, device=args.device, sampler=args.sampler,
+        steps=args.steps, guidance=args.guidance, num_images_per_prompt=args.num_images_per_prompt,
+        batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,
+        watermark=not args.no_watermark, progress=not args.no_progress,
+        control_model=args.control_model, conditions=conditions, conditioning_scale=args.conditioning_scale,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_numbers(args)
-    try:
-        from chexgen.commands._control_options import control_requested
-    except ImportError:  # pragma: no cover
-        control_requested = None
-    if control_requested is not None and control_requested(args):
-        return _run_control(args)
-    items = _collect_prompts(args)
+    from chexgen.generation import run_generation
 
-    from accelerate import PartialState
-
-    from chexgen.diffusion.samplers import get_sampler_spec
-    from chexgen.generation import GenerationSettings, generate_to_folder, prompts_digest
-
-    pipe, model_name = _load_pipeline(args)
-    sampler = args.sampler or pipe.config.default_sampler
-    steps = args.steps or pipe.config.num_inference_steps or get_sampler_spec(sampler).default_steps
-    guidance = pipe.config.guidance_scale if args.guidance is None else args.guidance
-    state = PartialState(cpu=_use_cpu(args.device))
-    device = args.device or str(state.device)
-    pipe.to(device)
-    pipe.text_encoder  # load now (bf16 T5 on GPU): a broken reference fails before anything is written
-    settings = GenerationSettings(
-        model=model_name,
-        checkpoint_sha256=pipe.checkpoint_sha256(),
-        sampler=sampler,
-        steps=int(steps),
-        guidance=float(guidance),
-        seed=args.seed,
-        num_images_per_prompt=args.num_images_per_prompt,
-        bits=args.bits,
-        resolution=pipe.config.resolution,
-        prompts_sha256=prompts_digest(items),
-    )
-    counts = generate_to_folder(
-        pipe, items, args.out, settings, batch_size=args.batch_size,
-        rank=state.process_index, world=state.num_processes,
-        barrier=state.wait_for_everyone if state.num_processes > 1 else None,
-        progress=not args.no_progress,
-    )
-    rank = f"process {state.process_index + 1}/{state.num_processes}: " if state.num_processes > 1 else ""
-    print(f"{rank}generated {counts['generated']} image(s), skipped {counts['skipped']} already present "
+    result = run_generation(_options(args))
+    rank, world = result.rank, result.world
+    prefix = f"process {rank + 1}/{world}: " if world > 1 else ""
+    print(f"{prefix}generated {result.generated} image(s), skipped {result.skipped} already present "
           f"-> {args.out}", flush=True)
-    if state.is_main_process:
+    if rank == 0:
         print(f"manifest: {args.out / 'manifest.jsonl'}", flush=True)
-    return 0
+        if result.rejected:
+            print(f"rejected {len(result.rejected)} condition(s): see {args.out / 'rejects.jsonl'}", flush=True)
+    return 1 if result.rejected else 0

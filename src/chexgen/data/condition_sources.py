@@ -61,6 +61,7 @@ class ConditionInput:
     masks: list[LabelledMask] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
     prompt: str | None = None
+    where: str = ""  # the file (and line / record) it was read from, for error messages and rejects
 
 
 def _open_text(path: Path):
@@ -95,7 +96,7 @@ def read_mask_folder(
         else:
             masks = [LabelledMask(class_name, load_mask(path, threshold=threshold))]
         h, w = masks[0].mask.shape
-        out.append(ConditionInput(path.stem, w, h, masks=masks))
+        out.append(ConditionInput(path.stem, w, h, masks=masks, where=str(path)))
     return out
 
 
@@ -116,6 +117,7 @@ def read_rle_csv(
     path = Path(path)
     resolve_class(class_name)
     merged: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
     with _open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -133,12 +135,13 @@ def read_rle_csv(
                 break
             m = decode_rle(rle, width, height, where=f"{path}: line {lineno}")
             merged[image_id] = merged[image_id] | m if image_id in merged else m
+            first_line.setdefault(image_id, lineno)
     out = []
     for image_id, mask in merged.items():
         if not mask.any() and not include_empty:
             continue
         masks = [LabelledMask(class_name, mask)] if mask.any() else []
-        out.append(ConditionInput(image_id, width, height, masks=masks))
+        out.append(ConditionInput(image_id, width, height, masks=masks, where=f"{path}: line {first_line[image_id]}"))
     return out
 
 
@@ -152,8 +155,44 @@ def _num(value: str, where: str) -> float:
     return v
 
 
+def _box_row(kind: str, row: list[str], cols: dict[str, int], where: str, width: int | None,
+             height: int | None) -> tuple[str, "Box | None", int | None, int | None]:
+    """(image id, box or None for a no-finding row, frame width, height) of one box CSV row."""
+    try:
+        w, h = width, height
+        if kind == "nih":
+            image_id, label = row[0], row[1]
+            x, y, bw, bh = (_num(row[cols["bbox [x"] + k], where) for k in range(4))
+            box = Box(label, x, y, x + bw, y + bh)
+            w, h = w or SIIM_SIZE, h or SIIM_SIZE
+        elif kind == "vindr":
+            image_id, label = row[cols["image_id"]], row[cols["class_name"]]
+            if label.strip().lower() == "no finding":
+                return image_id, None, w, h
+            box = Box(label, *(_num(row[cols[c]], where) for c in ("x_min", "y_min", "x_max", "y_max")),
+                      source=row[cols["rad_id"]] if "rad_id" in cols else None)
+        else:
+            image_id = row[cols.get("image_id", cols.get("id"))]
+            label = row[cols["label"]] if "label" in cols else None
+            if not label:
+                raise ChexgenError(f"{where}: missing 'label'")
+            box = Box(label, *(_num(row[cols[c]], where) for c in ("x0", "y0", "x1", "y1")))
+            if "width" in cols and "height" in cols:
+                w, h = int(_num(row[cols["width"]], where)), int(_num(row[cols["height"]], where))
+        try:
+            resolve_class(box.label)
+        except ChexgenError as e:
+            raise ChexgenError(f"{where}: {e}") from None
+        if w is None or h is None:
+            raise ChexgenError(f"{where}: image size unknown; add width,height columns to the box CSV")
+        return image_id, box, w, h
+    except IndexError:
+        raise ChexgenError(f"{where}: too few columns ({len(row)}) for the header") from None
+
+
 def read_box_csv(
-    path: "str | os.PathLike", width: int | None = None, height: int | None = None
+    path: "str | os.PathLike", width: int | None = None, height: int | None = None,
+    rejects: list[dict] | None = None,
 ) -> list[ConditionInput]:
     """Boxes from a CSV, grouped by image (file order).
 
@@ -162,6 +201,8 @@ def read_box_csv(
     ``image_id,class_name,...,x_min,y_min,x_max,y_max`` (VinDr-CXR; "No finding"
     rows carry no box and are skipped). The frame size comes from ``width`` /
     ``height`` columns, else the arguments, else 1024 for NIH; otherwise an error.
+    With ``rejects`` (a list), a bad row is appended to it (``where``, ``id``, ``reason``) and
+    skipped instead of stopping the read.
     """
     path = Path(path)
     groups: dict[str, ConditionInput] = {}
@@ -184,33 +225,16 @@ def read_box_csv(
             if not row or not any(c.strip() for c in row):
                 continue
             where = f"{path}: line {lineno}"
-            w, h = width, height
-            if kind == "nih":
-                image_id, label = row[0], row[1]
-                x, y, bw, bh = (_num(row[cols["bbox [x"] + k], where) for k in range(4))
-                box = Box(label, x, y, x + bw, y + bh)
-                w, h = w or SIIM_SIZE, h or SIIM_SIZE
-            elif kind == "vindr":
-                image_id, label = row[cols["image_id"]], row[cols["class_name"]]
-                if label.strip().lower() == "no finding":
-                    continue
-                box = Box(label, *(_num(row[cols[c]], where) for c in ("x_min", "y_min", "x_max", "y_max")),
-                          source=row[cols["rad_id"]] if "rad_id" in cols else None)
-            else:
-                image_id = row[cols.get("image_id", cols.get("id"))]
-                label = row[cols["label"]] if "label" in cols else None
-                if not label:
-                    raise ChexgenError(f"{where}: missing 'label'")
-                box = Box(label, *(_num(row[cols[c]], where) for c in ("x0", "y0", "x1", "y1")))
-                if "width" in cols and "height" in cols:
-                    w, h = int(_num(row[cols["width"]], where)), int(_num(row[cols["height"]], where))
             try:
-                resolve_class(box.label)
-            except ChexgenError as e:
-                raise ChexgenError(f"{where}: {e}") from None
-            if w is None or h is None:
-                raise ChexgenError(f"{where}: image size unknown; add width,height columns or pass the frame size")
-            cond = groups.setdefault(image_id, ConditionInput(image_id, int(w), int(h)))
+                image_id, box, w, h = _box_row(kind, row, cols, where, width, height)
+            except ChexgenError as err:
+                if rejects is None:
+                    raise
+                rejects.append({"where": where, "id": row[0] if row else None, "reason": str(err)})
+                continue
+            if box is None:
+                continue
+            cond = groups.setdefault(image_id, ConditionInput(image_id, int(w), int(h), where=where))
             cond.boxes.append(box)
     if not groups:
         raise ChexgenError(f"{path}: no boxes found")
@@ -272,7 +296,8 @@ def read_manifest_conditions(path: "str | os.PathLike", mask_threshold: float | 
             h, w = masks[0].mask.shape
         else:
             raise ChexgenError(f"{path}: record {rec.id!r} has boxes but no width/height")
-        out.append(ConditionInput(rec.id, w, h, masks, list(rec.boxes), prompt=rec.impression or rec.report))
+        out.append(ConditionInput(rec.id, w, h, masks, list(rec.boxes), prompt=rec.impression or rec.report,
+                                  where=f"{path}: record {rec.id!r}"))
     if not out:
         raise ChexgenError(f"{path}: no record has masks or boxes")
     return out
@@ -297,12 +322,13 @@ def merge_conditions(*groups: Sequence[ConditionInput]) -> list[ConditionInput]:
     for group in groups:
         for c in group:
             if c.id not in merged:
-                merged[c.id] = ConditionInput(c.id, c.width, c.height, list(c.masks), list(c.boxes), c.prompt)
+                merged[c.id] = ConditionInput(c.id, c.width, c.height, list(c.masks), list(c.boxes), c.prompt, c.where)
             else:
                 m = merged[c.id]
                 m.masks += c.masks
                 m.boxes += c.boxes
                 m.prompt = m.prompt or c.prompt
+                m.where = "; ".join(w for w in (m.where, c.where) if w)
     return list(merged.values())
 
 

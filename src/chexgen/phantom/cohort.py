@@ -5,11 +5,14 @@ Layout of ``out``::
     cohort.json               the settings (a resume must use the same ones)
     images/<id>.png           8- or 16-bit radiograph
     masks/<id>/<name>.png     lungs, heart, each rib, each finding and device
-    records/<id>.json         one finished case (written last, atomically)
+    records/<id>.json         one finished case: its record and the size + sha256 of each of its
+                              files (written last, atomically)
     manifest.jsonl            all finished cases in index order (rewritten at the end)
 
 Each case depends only on (seed, case index), so the cohort is the same for any
-number of workers; a case whose record exists is skipped on a rerun.
+number of workers. A rerun skips a case only when its record exists and every
+file it lists is on disk with the recorded size and sha256; a deleted, truncated
+or altered image or mask makes the case render again.
 
 The report and impression of each case come from a report writer the caller passes
 (anything with ``write(record)`` returning an object with ``text`` and ``impression``, such as
@@ -37,7 +40,7 @@ from chexgen.phantom.atlas import load_atlas
 from chexgen.phantom.findings import labels_from_findings, load_prevalence
 from chexgen.phantom.render import render_case, sample_case
 from chexgen.phantom.source import CT_FILE, SHA256
-from chexgen.utils import atomic_write_json
+from chexgen.utils import atomic_write_json, sha256_file
 
 __all__ = ["CohortConfig", "ReportWriterLike", "write_cohort", "case_id", "split_for", "make_record"]
 
@@ -73,6 +76,8 @@ class CohortConfig:
     def check(self) -> None:
         if self.n < 1:
             raise ChexgenError(f"--n must be at least 1, got {self.n}")
+        if not 0 <= self.seed < 2**32:
+            raise ChexgenError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if not 64 <= self.size <= 1024:
             raise ChexgenError(f"--size must be within 64..1024 px, got {self.size}")
         if self.bits not in (8, 16):
@@ -149,9 +154,15 @@ def make_record(cfg: CohortConfig, index: int, writer: ReportWriterLike,
     return rec, r
 
 
-def _write_case(cfg: CohortConfig, index: int, out: Path, writer: ReportWriterLike) -> None:
-    rec, _ = make_record(cfg, index, writer, out)
-    atomic_write_json(out / "records" / f"{rec.id}.json", rec.to_dict(), indent=None)
+def _case_files(rec: Record) -> list[str]:
+    return [rec.image] + [m.path for m in rec.masks if m.path]
+
+
+def _write_case(cfg: CohortConfig, index: int, root: Path, writer: ReportWriterLike) -> None:
+    rec, _ = make_record(cfg, index, writer, root)
+    files = {rel: {"size": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)}
+             for rel in _case_files(rec)}
+    atomic_write_json(root / "records" / f"{rec.id}.json", {"record": rec.to_dict(), "files": files}, indent=None)
 
 
 # A worker's report writer: set by the pool initializer, inherited through fork (never pickled).
@@ -169,21 +180,62 @@ def _work(args: tuple[CohortConfig, int, str]) -> int:
     return index
 
 
+def _record_dict(data: Any) -> dict[str, Any]:
+    """The record of a records/<id>.json (``{"record", "files"}``; a bare record from older chexgen)."""
+    return data["record"] if isinstance(data, dict) and "record" in data and "files" in data else data
+
+
+def _case_is_complete(out: Path, index: int) -> bool:
+    """Whether case ``index`` is finished: its record exists and every file it lists is intact."""
+    path = out / "records" / f"{case_id(index)}.json"
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if isinstance(data, dict) and "files" in data:
+        for rel, want in data["files"].items():
+            f = out / rel
+            if not f.is_file() or f.stat().st_size != want.get("size") or sha256_file(f) != want.get("sha256"):
+                log.warning("%s: %s is missing or changed since it was written; rendering case %d again",
+                            out, rel, index)
+                return False
+        return True
+    # a record written before hashes were recorded: check that its files exist and decode
+    try:
+        rec = record_from_dict(data, where=str(path))
+        from chexgen.data.imageio import load_gray
+
+        for rel in _case_files(rec):
+            load_gray(out / rel)
+    except ChexgenError as e:
+        log.warning("%s; rendering case %d again", e, index)
+        return False
+    return True
+
+
 def _pending(cfg: CohortConfig, out: Path) -> list[int]:
-    return [i for i in range(cfg.n) if not (out / "records" / f"{case_id(i)}.json").is_file()]
+    return [i for i in range(cfg.n) if not _case_is_complete(out, i)]
 
 
-def _check_settings(cfg: CohortConfig, out: Path) -> None:
+def _check_settings(cfg: CohortConfig, out: Path) -> bool:
+    """Refuse a folder holding a cohort with other settings; True when ``cohort.json`` must be written."""
+    if out.exists() and not out.is_dir():
+        raise ChexgenError(f"--out {out}: is a file; expected a folder")
     path = out / "cohort.json"
-    if path.is_file():
+    if not path.is_file():
+        return True
+    try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        mine = cfg.identity()
-        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
-        if diff:
-            raise ChexgenError(f"{path}: this folder holds a cohort made with other settings {diff} "
-                               "(old, new); use another --out or the same settings to resume")
-    else:
-        atomic_write_json(path, cfg.identity())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ChexgenError(f"{path}: not a chexgen cohort settings file ({e}); use another --out") from None
+    mine = cfg.identity()
+    diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+    if diff:
+        raise ChexgenError(f"{path}: this folder holds a cohort made with other settings {diff} "
+                           "(old, new); use another --out or the same settings to resume")
+    return False
 
 
 def write_cohort(cfg: CohortConfig, out: str | os.PathLike, writer: ReportWriterLike,
@@ -196,9 +248,11 @@ def write_cohort(cfg: CohortConfig, out: str | os.PathLike, writer: ReportWriter
     cfg.check()
     load_prevalence(cfg.prevalence)  # a bad prevalence fails before anything is written
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(cfg, out)
+    new = _check_settings(cfg, out)
     load_atlas(cfg.view, source=cfg.source, cache=cfg.cache)  # build / verify once before forking
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad settings or sources leave nothing behind
+    if new:
+        atomic_write_json(out / "cohort.json", cfg.identity())
     todo = _pending(cfg, out)
     done_before = cfg.n - len(todo)
     from tqdm import tqdm
@@ -222,4 +276,4 @@ def write_cohort(cfg: CohortConfig, out: str | os.PathLike, writer: ReportWriter
 def _read_records(cfg: CohortConfig, out: Path) -> Iterator[Record]:
     for i in range(cfg.n):
         path = out / "records" / f"{case_id(i)}.json"
-        yield record_from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
+        yield record_from_dict(_record_dict(json.loads(path.read_text(encoding="utf-8"))), where=str(path))

@@ -2,9 +2,10 @@
 
 Parts, as in diffusers pipelines: ``transformer`` (:class:`ChexGenDiT`), ``vae``
 (:class:`RadiographVAE`), ``text_encoder`` (:class:`TextEncoder`, loaded on first
-use so training from cached features never pays for it) and ``scheduler`` (the
-default sampler's diffusers scheduler; each call builds a fresh one, since
-schedulers carry state).
+use so training from cached features never pays for it) and the noise schedule
+(``noise_schedule``, saved as the default sampler's diffusers scheduler config and read back on
+load; each call builds a fresh scheduler on it, since schedulers carry state). Defaults, input
+checks, seeds, batching and latent clipping live in :mod:`chexgen.pipelines.base`.
 
 Folder layout written by :meth:`ChexGenPipeline.save_pretrained`::
 
@@ -17,7 +18,9 @@ Folder layout written by :meth:`ChexGenPipeline.save_pretrained`::
 
 The text encoder is always a reference (kind + id/path + max_length), never copied.
 Seeds: image k of prompt i gets ``seed + i * num_images_per_prompt + k`` unless
-explicit ``seeds`` are given; every image has its own generator.
+explicit ``seeds`` are given; every image has its own generator. Images of one seed are
+bitwise identical for the same batch size; across batch sizes they agree to within one grey
+level of an 8-bit PNG (matrix products round differently for other batch shapes).
 """
 
 from __future__ import annotations
@@ -26,64 +29,33 @@ import copy
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from chexgen import __version__
-from chexgen.diffusion.samplers import SAMPLERS, denoise, get_sampler_spec, make_generators, make_scheduler
+from chexgen.diffusion.schedule import NoiseSchedule
 from chexgen.errors import ChexgenError
 from chexgen.models.dit import ChexGenDiT
 from chexgen.models.presets import Preset, TextEncoderSpec, VAESpec, get_preset
 from chexgen.models.text_encoder import PROMPT_CLEANING, TextEmbeddings, TextEncoder, clean_prompt, load_text_encoder
 from chexgen.models.vae import RadiographVAE
+from chexgen.pipelines.base import (
+    CONFIG_NAME,
+    DiffusionPipelineBase,
+    PipelineConfig,
+    check_prompts,
+    image_generators,
+    image_seeds,
+    read_noise_schedule,
+)
 from chexgen.utils import atomic_write_json, sha256_file
 
 __all__ = ["ChexGenPipeline", "PipelineConfig", "PipelineOutput", "CONFIG_NAME"]
 
-CONFIG_NAME = "chexgen_config.json"
 _WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-@dataclass
-class PipelineConfig:
-    """Everything besides weights that a saved pipeline needs to rebuild itself.
-
-    preset: preset name it was built from (informational once saved).
-    resolution: output image size in pixels (square).
-    text_encoder / vae: specs; ``vae.name_or_path == "vae"`` means the weights are in the folder.
-    default_sampler / num_inference_steps (None = the sampler's default) / guidance_scale: call defaults.
-    prompt_cleaning: ``basic`` for chexgen models, ``official`` for converted official checkpoints.
-    clip_latents: clamp predicted clean latents to ``[-c, c]`` while sampling (None = off); set it to
-        about the largest absolute latent of the training data (the bundled demo model uses 5.0).
-    """
-
-    preset: str | None = None
-    resolution: int = 128
-    text_encoder: TextEncoderSpec = field(default_factory=TextEncoderSpec)
-    vae: VAESpec = field(default_factory=VAESpec)
-    default_sampler: str = "ddim"
-    num_inference_steps: int | None = None
-    guidance_scale: float = 4.0
-    prompt_cleaning: str = "basic"
-    clip_latents: float | None = None
-    chexgen_version: str = __version__
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["text_encoder"] = self.text_encoder.to_dict()
-        d["vae"] = self.vae.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
-        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        kw["text_encoder"] = TextEncoderSpec.from_dict(d.get("text_encoder", {}))
-        kw["vae"] = VAESpec.from_dict(d.get("vae", {}))
-        return cls(**kw)
 
 
 @dataclass
@@ -95,7 +67,7 @@ class PipelineOutput:
     seeds: list[int]
 
 
-class ChexGenPipeline:
+class ChexGenPipeline(DiffusionPipelineBase):
     """Text-to-radiograph latent diffusion pipeline (see the module docstring for the folder layout)."""
 
     def __init__(
@@ -103,14 +75,14 @@ class ChexGenPipeline:
         transformer: ChexGenDiT,
         vae: RadiographVAE,
         text_encoder: TextEncoder | None = None,
-        scheduler=None,
         config: PipelineConfig | None = None,
+        noise_schedule: NoiseSchedule | None = None,
     ) -> None:
         self.transformer = transformer.eval()
         self.vae = vae.eval()
         self._text_encoder = text_encoder
         self.config = config or PipelineConfig()
-        self.scheduler = scheduler or make_scheduler(self.config.default_sampler)
+        self.noise_schedule = noise_schedule or NoiseSchedule()
         self.source_path: Path | None = None
         self._text_encoder_device: torch.device | None = None
         if self.transformer.config.sample_size * vae.downsample_factor != self.config.resolution:
@@ -130,19 +102,6 @@ class ChexGenPipeline:
     @text_encoder.setter
     def text_encoder(self, value: TextEncoder | None) -> None:
         self._text_encoder = value
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        s = self.config.resolution // self.vae.downsample_factor
-        return (self.transformer.config.in_channels, s, s)
 
     def to(self, device=None, dtype: torch.dtype | None = None, text_encoder_device=None) -> "ChexGenPipeline":
         """Move transformer and VAE (and the text encoder, unless ``text_encoder_device`` keeps it elsewhere)."""
@@ -232,10 +191,7 @@ class ChexGenPipeline:
             for module in (transformer, vae):
                 if any(p.dtype != torch.float32 for p in module.parameters()):
                     module.float()  # nn.Module.float: diffusers' .to(dtype=) warns even when nothing is kept
-        scheduler = None
-        if (root / "scheduler" / "scheduler_config.json").is_file():
-            scheduler = make_scheduler(config.default_sampler)
-        pipe = cls(transformer, vae, text_encoder, scheduler=scheduler, config=config)
+        pipe = cls(transformer, vae, text_encoder, config=config, noise_schedule=read_noise_schedule(root))
         pipe.source_path = root
         if device is not None:
             pipe.to(device)
@@ -261,7 +217,9 @@ class ChexGenPipeline:
             vae.save_pretrained(root / "vae")
             vae_spec = dataclasses.replace(vae_spec, name_or_path="vae", subfolder=None,
                                            scaling_factor=self.vae.scaling_factor)
-        self.scheduler.save_pretrained(str(root / "scheduler"))
+        # The default sampler's scheduler on this model's schedule: a diffusers-readable record that
+        # from_pretrained reads the noise schedule back from.
+        self.make_scheduler(self.config.default_sampler).save_pretrained(str(root / "scheduler"))
         config = dataclasses.replace(self.config, vae=vae_spec, chexgen_version=__version__)
         atomic_write_json(root / CONFIG_NAME, config.to_dict())
         return root
@@ -281,34 +239,6 @@ class ChexGenPipeline:
         """Token embeddings + mask of (cleaned) prompts, on the transformer's device."""
         emb = self.text_encoder.encode(self.clean(prompts))
         return emb.to(device=self.device, dtype=self.dtype)
-
-    def check_inputs(self, prompts, num_images_per_prompt, seeds, sampler, num_inference_steps,
-                     guidance_scale, batch_size) -> list[str]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ChexgenError("no prompts given")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ChexgenError(f"prompt {i} is empty; every prompt needs text (got {p!r})")
-        if sampler not in SAMPLERS:
-            raise ChexgenError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        if num_images_per_prompt < 1:
-            raise ChexgenError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if num_inference_steps is not None and num_inference_steps < 1:
-            raise ChexgenError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise ChexgenError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if batch_size < 1:
-            raise ChexgenError(f"batch_size must be >= 1, got {batch_size}")
-        if seeds is not None and len(seeds) != len(prompts) * num_images_per_prompt:
-            raise ChexgenError(
-                f"{len(seeds)} seeds given for {len(prompts)} prompt(s) x {num_images_per_prompt} image(s)"
-            )
-        if self.config.prompt_cleaning not in PROMPT_CLEANING:
-            raise ChexgenError(f"unknown prompt cleaning mode {self.config.prompt_cleaning!r}")
-        return prompts
 
     @torch.no_grad()
     def __call__(
@@ -330,73 +260,36 @@ class ChexGenPipeline:
         ``generator`` (one, or one per image) replaces seed-based generators, diffusers-style;
         a single generator is shared, so results then depend on the batch layout.
         """
-        sampler = sampler or self.config.default_sampler
-        guidance = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
-        steps = num_inference_steps
-        if steps is None and sampler in SAMPLERS:
-            steps = self.config.num_inference_steps or get_sampler_spec(sampler).default_steps
-        prompts = self.check_inputs(prompts, num_images_per_prompt, seeds, sampler, steps, guidance, batch_size)
-        n = len(prompts) * num_images_per_prompt
+        settings = self.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
+        prompts = check_prompts(prompts)
+        if self.config.prompt_cleaning not in PROMPT_CLEANING:
+            raise ChexgenError(f"unknown prompt cleaning mode {self.config.prompt_cleaning!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ChexgenError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt!r}")
         all_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        all_seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(n)]
-        if generator is None:
-            gens = make_generators(all_seeds)
-        elif isinstance(generator, torch.Generator):
-            gens = [generator] * n
-        else:
-            gens = list(generator)
-            if len(gens) != n:
-                raise ChexgenError(f"{len(gens)} generators given for {n} images")
-
-        unique = list(dict.fromkeys(prompts))
-        enc = self.encode_prompts(unique)
-        index = {p: i for i, p in enumerate(unique)}
-
-        from tqdm.auto import tqdm
-
-        images: list[torch.Tensor] = []
-        bar = tqdm(total=n, desc=f"generating ({sampler}, {steps} steps)", unit="img", disable=not progress)
-        for start in range(0, n, batch_size):
-            sl = slice(start, min(start + batch_size, n))
-            rows = torch.tensor([index[p] for p in all_prompts[sl]], device=enc.embeddings.device)
-            images.append(self.generate_from_embeddings(
-                enc[rows], gens[sl], sampler=sampler, num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-            ))
-            bar.update(sl.stop - sl.start)
-        bar.close()
-        return PipelineOutput(images=torch.cat(images), prompts=all_prompts, seeds=all_seeds)
+        all_seeds = image_seeds(len(all_prompts), seed, seeds,
+                                what=f"image(s) ({len(prompts)} prompt(s) x {num_images_per_prompt})")
+        gens = image_generators(all_seeds, generator)
+        images = self.generate_batches(all_prompts, gens, settings, batch_size=batch_size, progress=progress)
+        return PipelineOutput(images=images, prompts=all_prompts, seeds=all_seeds)
 
     @torch.no_grad()
     def sample_latents(
         self,
         cond: TextEmbeddings,
         generators: Sequence[torch.Generator],
-        sampler: str = "ddim",
+        sampler: str | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
     ) -> torch.Tensor:
         """Clean latents for already-encoded prompts (one generator per row of ``cond``)."""
-        cond = cond.to(device=self.device, dtype=self.dtype)
-        uncond = self.transformer.null_text(len(cond), mask_like=cond.mask)
-        return denoise(
-            self.transformer,
-            (cond.embeddings, cond.mask),
-            (uncond[0].to(self.dtype), uncond[1]),
-            generators,
-            self.latent_shape,
-            sampler=sampler,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            device=self.device,
-            dtype=self.dtype,
-            eta=eta,
-            clip_latents=self.config.clip_latents,
-        )
+        settings = self.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
+        return self.denoise_latents(self.transformer, cond, generators, settings)
 
     @torch.no_grad()
     def generate_from_embeddings(self, cond: TextEmbeddings, generators: Sequence[torch.Generator],
                                  **kwargs: Any) -> torch.Tensor:
         """Images ``[B, 1, H, W]`` in [0, 1] on the CPU for already-encoded prompts."""
-        latents = self.sample_latents(cond, generators, **kwargs)
-        return self.vae.decode(latents).float().cpu()
+        return self.decode_latents(self.sample_latents(cond, generators, **kwargs))

@@ -35,21 +35,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from chexgen.assets import RETRAIN_HINT, demo_model_dir
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record, write_manifest
+from chexgen.data.provenance import image_provenance
 from chexgen.errors import ChexgenError
 
-__all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts", "pack_demo_model"]
+__all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
 
 log = logging.getLogger(__name__)
 
-BUNDLED = Path(__file__).resolve().parent / "assets" / "demo"
-RETRAIN_HINT = "retrain it with `bash scripts/train_demo_model.sh` (see src/chexgen/assets/demo/MODEL_CARD.md)"
+BUNDLED = demo_model_dir()
 
 
 def bundled_model_dir() -> Path:
     """The folder of the bundled demo model (pipeline/, classifier/, prevalence.yaml, MODEL_CARD.md)."""
-    return BUNDLED
+    return demo_model_dir()
 
 
 @dataclass
@@ -67,8 +68,8 @@ class DemoConfig:
     n_control_masks: int = 3  # real SIIM-ACR pneumothorax masks (torchxrayvision) for the control part
     n_control_boxes: int = 3  # real NIH ChestX-ray14 boxes (torchxrayvision) for the control part
     control_images: int = 2  # per mask / box, each with and without the adapter (same seed)
-    sampler: str = "iddpm"  # with the model's latent clipping: the cleanest samples of the CPU-trained model
-    steps: int = 50
+    sampler: str | None = None  # None = the model's own default (the bundled model stores iddpm)
+    steps: int | None = None  # None = the model's own default (the bundled model stores 50)
     guidance: float | None = None  # None = the model's own default (the bundled model stores its tuned value)
     seed: int = 0
     batch_size: int = 16
@@ -162,17 +163,17 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], cfg: DemoConfi
 
 def _synthetic_records(sources: Sequence[Record], prompts: Sequence[str], seeds: Sequence[int], images: np.ndarray,
                        out: Path, group: str, provenance: dict[str, Any]) -> list[Record]:
-    from chexgen.data.imageio import save_png
+    from chexgen.generation.writer import write_synthetic_png
 
     recs = []
     for k, (src, prompt, seed, img) in enumerate(zip(sources, prompts, seeds, images)):
         rid = f"{group}_{k:04d}"
         rel = f"images/{group}/{rid}.png"
-        save_png(out / rel, img, text={"chexgen:synthetic": "true", "chexgen:prompt": prompt, "chexgen:seed": str(seed)})
+        prov = write_synthetic_png(out / rel, img, rid, image_provenance(provenance, prompt, seed))
         recs.append(Record(
             id=rid, image=rel, dataset="chexgen-demo", view=src.view, sex=src.sex, age=src.age, race=src.race,
             width=img.shape[1], height=img.shape[0], labels=dict(src.labels), impression=prompt, synthetic=True,
-            provenance={**provenance, "prompt": prompt, "seed": int(seed)}, extra={"source_id": src.id},
+            provenance=prov, extra={"source_id": src.id},
         ))
     return recs
 
@@ -190,8 +191,9 @@ def evaluate_demo_model(
     """Evaluation suite on (held-out real, generated-from-their-prompts) plus the demo's references.
 
     Returns ``(results, figures)``. ``results["demo"]`` holds the quality-bar numbers: mean per-class AUROC of
-    the classifier on generated images (prompt labels) over the trained findings, the same on the real held-out
-    images (true labels), FID real vs generated and FID between two halves of the real set.
+    the classifier on generated images (prompt labels) over the trained findings and FID real vs generated
+    (both as the suite computed them), next to the demo's two references: the same AUROC on the real held-out
+    images (true labels) and the FID between two halves of the real set.
     """
     from chexgen.evaluation.features import ClassifierExtractor
     from chexgen.evaluation.matching import label_matrix
@@ -212,9 +214,8 @@ def evaluate_demo_model(
         res = compute_per_class_auroc(scores[:, cols], label_matrix(recs)[:, cols], class_names=list(trained))
         return {c: res[c] for c in trained}
 
-    # The generated images' numbers are the suite's own (same classifier, prompt labels, features).
     suite_auc = results["per_class"].get("auroc", {})
-    gen_auc = {c: float(suite_auc.get(c, float("nan"))) for c in trained}
+    gen_auc = {c: float(suite_auc.get(c, float("nan"))) for c in trained}  # the suite's, on the prompts' labels
     real_auc = per_class(real.features.scores, heldout)
     rf = real.features.features
     half = len(rf) // 2
@@ -252,16 +253,22 @@ def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_pro
 def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConfig, out: Path,
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
-    from chexgen.control_pipeline import ChexGenControlPipeline
     from chexgen.data.imageio import save_png
-    from chexgen.demo_control import localisation_ratio, one_hot_labels, real_control_examples
+    from chexgen.generation.writer import write_synthetic_png
+    from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
+    from chexgen.generation.backends import ChexGenBackend
+    from chexgen.pipelines import ChexGenControlPipeline
+    from chexgen.pipelines.base import resolve_sampling
 
     examples = real_control_examples(cfg.n_control_masks, cfg.n_control_boxes, trained, seed=cfg.seed)
     if not examples:
         return {}, [], []
     cpipe = ChexGenControlPipeline.from_pretrained(control_dir, base=pipe)
+    sampling = resolve_sampling(pipe.config, cfg.sampler, cfg.steps, cfg.guidance)
+    control_provenance = {**ChexGenBackend(pipe, sampling, str(provenance["model"]), control=cpipe).settings(),
+                          "chexgen_version": provenance["chexgen_version"]}
     k = cfg.control_images
     conds = [e.condition for e in examples]
     prompts = [e.prompt for e in examples]
@@ -285,13 +292,13 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
         for j in idx:
             rid = f"control_{j:04d}"
             rel, cond_rel = f"images/control/{rid}.png", f"images/control/{rid}_condition.png"
-            save_png(out / rel, on_img[j], text={"chexgen:synthetic": "true", "chexgen:prompt": ex.prompt,
-                                                 "chexgen:seed": str(seeds[j])})
+            prov = write_synthetic_png(out / rel, on_img[j], rid,
+                                       image_provenance(control_provenance, ex.prompt, seeds[j], ex.condition.id))
             save_png(out / cond_rel, drawn[j])
             records.append(Record(
                 id=rid, image=rel, dataset="chexgen-demo", view="PA", width=on_img.shape[2], height=on_img.shape[1],
                 labels=one_hot_labels(ex.label), impression=ex.prompt, synthetic=True,
-                provenance={**provenance, "prompt": ex.prompt, "seed": seeds[j], "control_model": str(control_dir)},
+                provenance=prov,
                 extra={"condition_source": f"{ex.source} (torchxrayvision)", "condition_id": ex.condition.id,
                        "condition_image": cond_rel},
             ))
@@ -341,7 +348,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     from chexgen.downstream.classifier import load_classifier
     from chexgen.evaluation.report import write_report
     from chexgen.phantom.cohort import CohortConfig, write_cohort
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -365,8 +372,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     root = Path(info["manifest"]).parent
     heldout_images = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])
 
-    provenance = {"model": str(pipeline_dir), "checkpoint_sha256": pipe.checkpoint_sha256(), "sampler": cfg.sampler,
-                  "steps": cfg.steps, "guidance": cfg.guidance}
+    from chexgen import __version__
+    from chexgen.generation.backends import ChexGenBackend
+    from chexgen.pipelines.base import resolve_sampling
+
+    sampling = resolve_sampling(pipe.config, cfg.sampler, cfg.steps, cfg.guidance)
+    cfg = replace(cfg, sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance)
+    provenance = {**ChexGenBackend(pipe, sampling, str(pipeline_dir)).settings(), "chexgen_version": __version__}
     # 2. generate: paired set, showcase prompts, real NLMCXR impressions
     paired_prompts = [r.impression or r.report or "" for r in heldout]
     paired_seeds = [cfg.seed + i for i in range(len(heldout))]
@@ -423,86 +435,3 @@ def run_demo(cfg: DemoConfig) -> Path:
              d["auroc_generated_mean"], d["auroc_real_mean"], d["fid_real_vs_generated"], d["fid_real_half_vs_half"],
              d["wall_seconds"])
     return html
-
-
-def _half_safetensors(src: Path, dst: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(str(src))
-    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(dst))
-
-
-def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
-    """fp16 copy of an adapter trained on ``pipe`` with its base named relative to itself."""
-    import json
-
-    import torch
-
-    from chexgen.control_pipeline import CONTROL_INFO
-    from chexgen.models.controlnet import load_controlnet
-    from chexgen.utils import atomic_write_json
-
-    adapter = load_controlnet(str(control_dir), transformer=pipe.transformer)
-    info_path = control_dir / CONTROL_INFO
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    trained_on = info.get("base_checkpoint_sha256")
-    if trained_on and pipe.checkpoint_sha256() and trained_on != pipe.checkpoint_sha256():
-        raise ChexgenError(f"{control_dir}: adapter was trained on base weights {trained_on[:12]}..., not on the "
-                           f"pipeline being packed ({pipe.checkpoint_sha256()[:12]}...); retrain it on this base")
-    adapter.to(torch.float16).save_pretrained(str(dst), safe_serialization=True)
-    atomic_write_json(dst / CONTROL_INFO, {**info, "base_model": "../pipeline", "trained_on_base_sha256": trained_on,
-                                           "data": Path(str(info.get("data", ""))).name or None})
-
-
-def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
-                    prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
-                    sampler: str = "iddpm", steps: int = 50, guidance: float | None = None,
-                    control_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Assemble a demo model folder from training outputs, weights stored in fp16.
-
-    The pipeline's sampling defaults become ``sampler`` / ``steps`` (and ``guidance`` when given) with
-    latent clipping at ``clip_latents`` (what ``chexgen generate`` then uses with this model).
-
-    ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
-    ``classifier/``, ``prevalence.yaml`` and, with ``control_dir`` (a ``chexgen train-control``
-    adapter trained on this pipeline), ``control/`` whose ``control_info.json`` names
-    ``../pipeline`` as its base; the model card is written separately. Written into a
-    temporary folder that replaces ``dest`` at the end, so a failure leaves ``dest`` as it was.
-    """
-    import shutil
-    import tempfile
-
-    import torch
-
-    from chexgen.downstream.classifier import load_classifier
-    from chexgen.pipeline import ChexGenPipeline
-
-    dest = Path(dest)
-    pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
-    pipe.config.clip_latents = clip_latents
-    pipe.config.default_sampler = sampler
-    pipe.config.num_inference_steps = steps
-    if guidance is not None:
-        pipe.config.guidance_scale = float(guidance)
-    load_classifier(classifier_dir)  # fails early on a broken classifier folder
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        pipe.save_pretrained(tmp / "pipeline", dtype=torch.float16)
-        (tmp / "classifier").mkdir()
-        shutil.copy2(Path(classifier_dir) / "config.json", tmp / "classifier" / "config.json")
-        _half_safetensors(Path(classifier_dir) / "model.safetensors", tmp / "classifier" / "model.safetensors")
-        shutil.copy2(prevalence, tmp / "prevalence.yaml")
-        if control_dir is not None:
-            _pack_control(Path(control_dir), pipe, tmp / "control")
-        keep = [p for p in ("MODEL_CARD.md",) if (dest / p).is_file()]
-        for name in keep:  # the hand-written card survives a re-pack
-            shutil.copy2(dest / name, tmp / name)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    sizes = {str(p.relative_to(dest)): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
-    return {"dest": str(dest), "bytes": sum(sizes.values()), "files": sizes}

@@ -15,6 +15,11 @@ official control sampler ran the conditional branch alone, i.e. no guidance.)
 The adapter folder (``ChexGenControlNet.save_pretrained``) is separate from the
 base pipeline folder; ``control_info.json`` in it records which base it was
 trained on.
+
+Sampling settings, seeds, batching and latent clipping are the base pipeline's
+(:class:`~chexgen.pipelines.base.DiffusionPipelineBase`): the control pipeline only adds the
+condition latents to the denoiser, so with ``conditioning_scale = 0`` it samples exactly
+like the text-to-image pipeline.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import torch
 
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import render_binary_condition, render_condition
-from chexgen.diffusion.samplers import SAMPLERS, denoise, get_sampler_spec, make_generators
 from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import (
     OFFICIAL_BINARY_PALETTE_ID,
@@ -40,13 +44,58 @@ from chexgen.models.controlnet import (
     load_controlnet,
 )
 from chexgen.models.text_encoder import TextEmbeddings
-from chexgen.pipeline import ChexGenPipeline
+from chexgen.pipelines.base import SamplingSettings, check_prompts, image_generators, image_seeds
+from chexgen.pipelines.text2img import ChexGenPipeline
 
-__all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "CONTROL_INFO"]
+__all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "pair_prompts", "CONTROL_INFO",
+           "ControlInfo"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_INFO = "control_info.json"
+
+
+@dataclass
+class ControlInfo:
+    """What ``control_info.json`` beside an adapter records (one schema for every writer).
+
+    base_model: the base pipeline (absolute, or relative to the adapter folder as in a packed model);
+    base_checkpoint_sha256: SHA-256 of the base transformer weights it was trained on; condition_name /
+    missing_condition: the cached condition it learned from and how missing ones were filled; data: the
+    training cache; resolution: image size in pixels.
+    """
+
+    base_model: str
+    base_checkpoint_sha256: str | None = None
+    condition_name: str | None = None
+    data: str | None = None
+    missing_condition: str | None = None
+    resolution: int | None = None
+
+    def write(self, directory: "str | os.PathLike") -> Path:
+        from dataclasses import asdict
+
+        from chexgen.utils import atomic_write_json
+
+        path = Path(directory) / CONTROL_INFO
+        atomic_write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def read(cls, directory: "str | os.PathLike") -> "ControlInfo | None":
+        """The info of an adapter folder, or None when it has none."""
+        path = Path(directory) / CONTROL_INFO
+        if not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ChexgenError(f"{path}: unreadable ({err})") from None
+        if not isinstance(d, dict) or not d.get("base_model"):
+            raise ChexgenError(f"{path}: 'base_model' is missing")
+        d.setdefault("base_checkpoint_sha256", d.get("trained_on_base_sha256"))  # written by chexgen <= 0.1 packs
+        known = {f: d.get(f) for f in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def control_model_fn(
@@ -108,11 +157,9 @@ class ChexGenControlPipeline:
         """
         control_path = Path(control_path)
         if base is None:
-            info = control_path / CONTROL_INFO
-            if info.is_file():
-                base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
-                if not base:
-                    raise ChexgenError(f"{info}: 'base_model' is missing")
+            info = ControlInfo.read(control_path)
+            if info is not None:
+                base = info.base_model
                 if not Path(base).is_absolute():  # a packed model names its base relative to the adapter
                     base = control_path / base
             elif (control_path.parent / "chexgen_config.json").is_file():
@@ -162,29 +209,61 @@ class ChexGenControlPipeline:
         return self.base.vae.encode(images.to(self.base.device)).to(self.base.dtype)
 
     # ------------------------------------------------------------------ sampling
+    def render_all(self, conditions: Sequence[ConditionInput]) -> torch.Tensor:
+        """Condition images ``[N, 1, H, W]`` of ``conditions`` (each checked and drawn)."""
+        return torch.stack([torch.from_numpy(self.render(c))[None] for c in conditions])
+
+    def _scale(self, conditioning_scale: float | None) -> float:
+        scale = self.conditioning_scale if conditioning_scale is None else float(conditioning_scale)
+        if not np.isfinite(scale) or scale < 0:
+            raise ChexgenError(f"conditioning_scale must be a finite number >= 0, got {conditioning_scale!r}")
+        return scale
+
     @torch.no_grad()
     def sample_latents(
         self,
         cond: TextEmbeddings,
         control_latents: torch.Tensor,
         generators: Sequence[torch.Generator],
-        sampler: str = "ddim",
+        sampler: str | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | None = None,
         conditioning_scale: float | None = None,
         eta: float = 0.0,
     ) -> torch.Tensor:
         """Clean latents for encoded prompts and condition latents (one row each, one generator each)."""
-        base = self.base
-        cond = cond.to(device=base.device, dtype=base.dtype)
         if control_latents.shape[0] != len(cond):
             raise ChexgenError(f"{control_latents.shape[0]} condition latents for {len(cond)} prompts")
-        scale = self.conditioning_scale if conditioning_scale is None else float(conditioning_scale)
-        model = control_model_fn(base.transformer, self.controlnet, control_latents.to(base.device, base.dtype), scale)
-        null_emb, null_mask = base.transformer.null_text(len(cond), mask_like=cond.mask)
-        return denoise(model, (cond.embeddings, cond.mask), (null_emb.to(base.dtype), null_mask), generators,
-                       base.latent_shape, sampler=sampler, num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, device=base.device, dtype=base.dtype, eta=eta)
+        base = self.base
+        settings = base.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
+        model = control_model_fn(base.transformer, self.controlnet, control_latents.to(base.device, base.dtype),
+                                 self._scale(conditioning_scale))
+        return base.denoise_latents(model, cond, generators, settings)
+
+    @torch.no_grad()
+    def generate_rendered(
+        self,
+        prompts: Sequence[str],
+        rendered: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        settings: SamplingSettings,
+        conditioning_scale: float | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Images for one prompt, one rendered condition ``[1, H, W]`` and one generator per image."""
+        if len(prompts) != rendered.shape[0] or len(generators) != len(prompts):
+            raise ChexgenError(f"{len(prompts)} prompts, {rendered.shape[0]} conditions and {len(generators)} "
+                               "generators: give one of each per image")
+        scale = self._scale(conditioning_scale)
+        base = self.base
+
+        def model_for(sl: slice):
+            control = self.encode_conditions(rendered[sl])
+            return control_model_fn(base.transformer, self.controlnet, control, scale)
+
+        return base.generate_batches(list(prompts), generators, settings, batch_size=batch_size, progress=progress,
+                                     desc="generating with control", model_for=model_for)
 
     @torch.no_grad()
     def __call__(
@@ -207,59 +286,41 @@ class ChexGenControlPipeline:
         ``prompts``: one prompt for all conditions, or one per condition; a condition
         that carries its own prompt (from a manifest) uses it when ``prompts`` is empty.
         Image k of condition i gets seed ``seed + i * num_images_per_condition + k``.
+        For folders of many conditions use :func:`chexgen.generation.generate_to_folder`,
+        which streams them to disk instead of returning them all.
         """
-        cfg = self.base.config
-        sampler = sampler or cfg.default_sampler
-        if sampler not in SAMPLERS:
-            raise ChexgenError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        guidance = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
-        steps = num_inference_steps or cfg.num_inference_steps or get_sampler_spec(sampler).default_steps
-        per_condition = self._pair_prompts(prompts, conditions)
-        if num_images_per_condition < 1 or batch_size < 1:
-            raise ChexgenError("num_images_per_condition and batch_size must be >= 1")
-        n = len(conditions) * num_images_per_condition
-        if seeds is not None and len(seeds) != n:
-            raise ChexgenError(f"{len(seeds)} seeds given for {len(conditions)} condition(s) x {num_images_per_condition}")
+        settings = self.base.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
+        per_condition = pair_prompts(prompts, conditions)
+        if isinstance(num_images_per_condition, bool) or not isinstance(num_images_per_condition, int) \
+                or num_images_per_condition < 1:
+            raise ChexgenError(f"num_images_per_condition must be >= 1, got {num_images_per_condition!r}")
         order = [i for i in range(len(conditions)) for _ in range(num_images_per_condition)]
-        all_seeds = [int(s) for s in seeds] if seeds is not None else [seed + k for k in range(n)]
-        gens = make_generators(all_seeds)
-        rendered = torch.stack([torch.from_numpy(self.render(c))[None] for c in conditions])  # validate all up front
-        unique = list(dict.fromkeys(per_condition))
-        enc = self.base.encode_prompts(unique)
-        row_of = {p: i for i, p in enumerate(unique)}
-
-        from tqdm.auto import tqdm
-
-        images = []
-        bar = tqdm(total=n, desc=f"generating with control ({sampler}, {steps} steps)", unit="img",
-                   disable=not progress)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            rows = torch.tensor([row_of[per_condition[i]] for i in idx], device=enc.embeddings.device)
-            control = self.encode_conditions(rendered[idx])
-            latents = self.sample_latents(enc[rows], control, gens[start : start + len(idx)], sampler=sampler,
-                                          num_inference_steps=steps, guidance_scale=guidance,
-                                          conditioning_scale=conditioning_scale, eta=eta)
-            images.append(self.base.vae.decode(latents).float().cpu())
-            bar.update(len(idx))
-        bar.close()
+        all_seeds = image_seeds(len(order), seed, seeds, what=f"image(s) ({len(conditions)} condition(s) x "
+                                                             f"{num_images_per_condition})")
+        rendered = self.render_all(conditions)  # validate every condition up front
+        images = self.generate_rendered([per_condition[i] for i in order], rendered[order],
+                                        image_generators(all_seeds), settings,
+                                        conditioning_scale=conditioning_scale, batch_size=batch_size,
+                                        progress=progress)
         return ControlPipelineOutput(
-            images=torch.cat(images), conditions=rendered[order], prompts=[per_condition[i] for i in order],
+            images=images, conditions=rendered[order], prompts=[per_condition[i] for i in order],
             seeds=all_seeds, condition_ids=[conditions[i].id for i in order],
         )
 
-    @staticmethod
-    def _pair_prompts(prompts: "str | Sequence[str]", conditions: Sequence[ConditionInput]) -> list[str]:
-        if not conditions:
-            raise ChexgenError("no conditions given")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
-        if not prompts:
-            missing = [c.id for c in conditions if not c.prompt]
-            if missing:
-                raise ChexgenError(f"no prompt for condition(s) {missing[:5]}; give a prompt or a manifest with text")
-            return [c.prompt for c in conditions]
-        if len(prompts) == 1:
-            return prompts * len(conditions)
-        if len(prompts) != len(conditions):
-            raise ChexgenError(f"{len(prompts)} prompts for {len(conditions)} conditions; give 1 prompt or one per condition")
-        return prompts
+
+def pair_prompts(prompts: "str | Sequence[str] | None", conditions: Sequence[ConditionInput]) -> list[str]:
+    """One prompt per condition: one prompt for all, one each, or each condition's own text."""
+    if not conditions:
+        raise ChexgenError("no conditions given")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if not prompts:
+        missing = [c.id for c in conditions if not c.prompt]
+        if missing:
+            raise ChexgenError(f"no prompt for condition(s) {missing[:5]}; give a prompt or a manifest with text")
+        return check_prompts([c.prompt for c in conditions])
+    prompts = check_prompts(prompts)
+    if len(prompts) == 1:
+        return prompts * len(conditions)
+    if len(prompts) != len(conditions):
+        raise ChexgenError(f"{len(prompts)} prompts for {len(conditions)} conditions; give 1 prompt or one per condition")
+    return prompts

@@ -1,0 +1,91 @@
+"""Pack training outputs into a demo model folder (what ``chexgen demo --pack-*`` runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from chexgen.errors import ChexgenError
+
+__all__ = ["pack_demo_model"]
+
+
+def _half_safetensors(src: Path, dst: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(src))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(dst))
+
+
+def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
+    """fp16 copy of an adapter trained on ``pipe`` with its base named relative to itself."""
+    import dataclasses
+
+    import torch
+
+    from chexgen.models.controlnet import load_controlnet
+    from chexgen.pipelines.control import ControlInfo
+
+    adapter = load_controlnet(str(control_dir), transformer=pipe.transformer)
+    info = ControlInfo.read(control_dir) or ControlInfo(base_model="")
+    trained_on = info.base_checkpoint_sha256
+    if trained_on and pipe.checkpoint_sha256() and trained_on != pipe.checkpoint_sha256():
+        raise ChexgenError(f"{control_dir}: adapter was trained on base weights {trained_on[:12]}..., not on the "
+                           f"pipeline being packed ({pipe.checkpoint_sha256()[:12]}...); retrain it on this base")
+    adapter.to(torch.float16).save_pretrained(str(dst), safe_serialization=True)
+    dataclasses.replace(info, base_model="../pipeline", data=Path(info.data).name if info.data else None).write(dst)
+
+
+def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
+                    prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
+                    sampler: str = "iddpm", steps: int = 50, guidance: float | None = None,
+                    control_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Assemble a demo model folder from training outputs, weights stored in fp16.
+
+    The pipeline's sampling defaults become ``sampler`` / ``steps`` (and ``guidance`` when given) with
+    latent clipping at ``clip_latents`` (what ``chexgen generate`` then uses with this model).
+
+    ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
+    ``classifier/``, ``prevalence.yaml`` and, with ``control_dir`` (a ``chexgen train-control``
+    adapter trained on this pipeline), ``control/`` whose ``control_info.json`` names
+    ``../pipeline`` as its base; the model card is written separately. Written into a
+    temporary folder that replaces ``dest`` at the end, so a failure leaves ``dest`` as it was.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+
+    from chexgen.downstream.classifier import load_classifier
+    from chexgen.pipelines import ChexGenPipeline
+
+    dest = Path(dest)
+    pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
+    pipe.config.clip_latents = clip_latents
+    pipe.config.default_sampler = sampler
+    pipe.config.num_inference_steps = steps
+    if guidance is not None:
+        pipe.config.guidance_scale = float(guidance)
+    load_classifier(classifier_dir)  # fails early on a broken classifier folder
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        pipe.save_pretrained(tmp / "pipeline", dtype=torch.float16)
+        (tmp / "classifier").mkdir()
+        shutil.copy2(Path(classifier_dir) / "config.json", tmp / "classifier" / "config.json")
+        _half_safetensors(Path(classifier_dir) / "model.safetensors", tmp / "classifier" / "model.safetensors")
+        shutil.copy2(prevalence, tmp / "prevalence.yaml")
+        if control_dir is not None:
+            _pack_control(Path(control_dir), pipe, tmp / "control")
+        keep = [p for p in ("MODEL_CARD.md",) if (dest / p).is_file()]
+        for name in keep:  # the hand-written card survives a re-pack
+            shutil.copy2(dest / name, tmp / name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    sizes = {str(p.relative_to(dest)): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
+    return {"dest": str(dest), "bytes": sum(sizes.values()), "files": sizes}

@@ -1,0 +1,170 @@
+"""One generation job from options to folder: what ``chexgen generate`` runs.
+
+:func:`run_generation` checks every option and input before the output folder is created,
+loads the model (a pipeline folder, an untrained preset, or the bundled demo model), adds the
+ControlNet adapter when masks / boxes are given, sets up the processes (``accelerate launch`` /
+``torchrun`` shard the plan; a CPU machine gets gloo processes) and runs the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chexgen.errors import ChexgenError
+from chexgen.generation.conditions import ConditionOptions, read_conditions
+from chexgen.generation.engine import GenerationResult, generate_to_folder
+from chexgen.generation.prompts import PromptItem, prompts_from_texts, read_prompts
+
+__all__ = ["GenerateOptions", "run_generation", "collect_prompts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateOptions:
+    """Everything a generation job needs (the options of ``chexgen generate``; see its ``--help``).
+
+    texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
+    model / preset / text_encoder / device: the generator. control_model / conditions /
+    conditioning_scale: spatial control. sampler / steps / guidance (None = the model's defaults),
+    num_images_per_prompt, batch_size, seed: sampling. out / bits / image_format (png, dicom, both) /
+    watermark / progress: output.
+    """
+
+    out: Path
+    texts: list[str] = field(default_factory=list)
+    prompts_file: Path | None = None
+    column: str | None = None
+    manifest: bool = False
+    demographic: bool = False
+    model: Path | None = None
+    preset: str | None = None
+    text_encoder: str | None = None
+    device: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    num_images_per_prompt: int = 1
+    batch_size: int = 8
+    seed: int = 0
+    bits: int = 8
+    image_format: str = "png"
+    watermark: bool = True
+    progress: bool = True
+    control_model: Path | None = None
+    conditions: ConditionOptions = field(default_factory=ConditionOptions)
+    conditioning_scale: float = 1.0
+
+
+def collect_prompts(opts: GenerateOptions, required: bool = True) -> list[PromptItem]:
+    """The job's prompts: given directly or read from ``prompts_file`` (not both)."""
+    if opts.texts and opts.prompts_file:
+        raise ChexgenError("give prompts directly (PROMPT / --prompt) or with --prompts FILE, not both")
+    if opts.texts:
+        return prompts_from_texts(opts.texts, where="prompt number")
+    if opts.prompts_file is not None:
+        return read_prompts(opts.prompts_file, column=opts.column, manifest=opts.manifest or None,
+                            demographic=opts.demographic)
+    if required:
+        raise ChexgenError("no prompts: give PROMPT, --prompt TEXT or --prompts FILE")
+    return []
+
+
+def _use_cpu(device: str | None) -> bool:
+    """Whether accelerate should set up CPU processes (gloo) rather than one GPU per process.
+
+    accelerate only forms a multi-process CPU group when asked for CPU explicitly, so ask
+    whenever CUDA is absent (e.g. ``torchrun --nproc_per_node 2`` on a CPU machine).
+    """
+    import torch
+
+    if device is not None:
+        return torch.device(device).type == "cpu"
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+
+
+def _load_pipeline(opts: GenerateOptions):
+    from chexgen.assets import demo_pipeline_dir
+    from chexgen.pipelines import ChexGenPipeline
+
+    if opts.preset is not None:
+        if opts.model is not None:
+            raise ChexgenError("give --model or --preset, not both")
+        from chexgen.models.presets import get_preset
+
+        get_preset(opts.preset)  # unknown name -> error listing the presets
+        return ChexGenPipeline.from_preset(opts.preset), f"preset:{opts.preset} (untrained)"
+    model = opts.model
+    if model is None:
+        model = demo_pipeline_dir()
+        if not (model / "chexgen_config.json").is_file():
+            raise ChexgenError(
+                "no --model given and no bundled demo model is installed; pass --model FOLDER (a pipeline "
+                "folder from `chexgen train`, `chexgen demo` or `chexgen convert-official`)"
+            )
+    pipe = ChexGenPipeline.from_pretrained(model, text_encoder_name_or_path=opts.text_encoder)
+    return pipe, str(Path(model).resolve())
+
+
+def _control_model(opts: GenerateOptions) -> Path | None:
+    """The adapter folder: ``control_model``, else the bundled adapter when no model was given."""
+    from chexgen.assets import demo_control_dir
+
+    if opts.control_model is not None:
+        return Path(opts.control_model)
+    if not opts.conditions.requested:
+        return None
+    if opts.model is None and opts.preset is None and (demo_control_dir() / "config.json").is_file():
+        return demo_control_dir()
+    raise ChexgenError("--masks / --boxes need --control-model (an adapter from chexgen train-control); "
+                       "the bundled demo adapter is the default only when --model is not given")
+
+
+def run_generation(opts: GenerateOptions) -> GenerationResult:
+    """Run one generation job (see the module docstring); returns this process's counts."""
+    from chexgen.generation.backends import ChexGenBackend
+    from chexgen.pipelines import ChexGenControlPipeline
+    from chexgen.pipelines.base import resolve_sampling
+
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise ChexgenError(f"--out {out} exists and is not a folder")
+    if opts.bits not in (8, 16):
+        raise ChexgenError(f"--bits must be 8 or 16, got {opts.bits}")
+    if opts.image_format not in ("png", "dicom", "both"):
+        raise ChexgenError(f"--format must be png, dicom or both, got {opts.image_format!r}")
+    if opts.image_format != "png":
+        from chexgen.release.dicom import require_dicom_writer
+
+        require_dicom_writer()
+    control_dir = _control_model(opts)
+    if control_dir is not None and opts.preset is not None:
+        raise ChexgenError("--preset cannot be combined with --control-model")
+    if control_dir is not None and not opts.conditions.requested:
+        raise ChexgenError("--control-model needs conditions: give --masks and/or --boxes")
+    items = collect_prompts(opts, required=control_dir is None)
+    rejects: list[dict[str, Any]] = []
+    conditions = read_conditions(opts.conditions, rejects) if control_dir is not None else None
+
+    from accelerate import PartialState
+
+    pipe, model_name = _load_pipeline(opts)
+    sampling = resolve_sampling(pipe.config, opts.sampler, opts.steps, opts.guidance)
+    state = PartialState(cpu=_use_cpu(opts.device))
+    pipe.to(opts.device or str(state.device))
+    pipe.text_encoder  # load now: a broken reference fails before anything is written
+    control = None
+    if control_dir is not None:
+        control = ChexGenControlPipeline.from_pretrained(control_dir, base=pipe)
+    backend = ChexGenBackend(pipe, sampling, model_name=model_name, control=control,
+                             conditioning_scale=opts.conditioning_scale)
+    return generate_to_folder(
+        backend, items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed, bits=opts.bits,
+        batch_size=opts.batch_size, conditions=conditions, rank=state.process_index, world=state.num_processes,
+        barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
+        rejects=rejects, image_format=opts.image_format, watermark=opts.watermark,
+    )
