@@ -284,13 +284,3 @@ def test_metrics_are_one_implementation_used_by_every_caller():
     assert ev.compute_per_class_auroc is metrics.compute_per_class_auroc
     assert downstream.compute_auroc is metrics.compute_auroc and downstream.compute_dice is metrics.compute_dice
     assert not hasattr(downstream, "auroc_per_class") and not hasattr(downstream, "dice_scores")
-
-
-def test_missing_extra_is_one_line_naming_the_extra():
-    from chexgen.errors import ChexgenError
-    from chexgen.extras import require
-
-    assert require("json", extra="eval", feature="json").dumps([1]) == "[1]"
-    with pytest.raises(ChexgenError) as err:
-        require("chexgen_no_such_backend.sub", extra="eval", feature="the CLIP extractor")
-    assert str(err.value) == "the CLIP extractor needs the 'eval' extra: pip install 'chexgen[eval]'"

@@ -292,10 +292,10 @@ def test_missing_extra_is_one_line(cohort, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['pytorch_msssim'] = None\n"  # as if the 'eval' extra were not installed
+    code = ("import sys; sys.modules['open_clip'] = None\n"  # as if the 'eval' extra were not installed
             "from chexgen.cli import main\n"
             f"sys.exit(main(['evaluate', '--real', {str(cohort / 'real.jsonl')!r}, '--synthetic', "
-            f"{str(cohort / 'syn.jsonl')!r}, '--out', {str(tmp_path / 'o')!r}, '--features', 'xrv', "
+            f"{str(cohort / 'syn.jsonl')!r}, '--out', {str(tmp_path / 'o')!r}, '--features', 'clip', "
             "'--random-init']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

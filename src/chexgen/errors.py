@@ -21,7 +21,6 @@ class ChexgenError(Exception):
 
 #: Top-level module of each optional dependency -> (the extra that installs it, the PyPI name).
 EXTRAS: dict[str, tuple[str, str]] = {
-    "pytorch_msssim": ("eval", "pytorch-msssim"),
     "open_clip": ("eval", "open-clip-torch"),
     "torch_fidelity": ("eval", "torch-fidelity"),
     "torchmetrics": ("eval", "torchmetrics"),

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from chexgen.errors import ChexgenError
-from chexgen.extras import require
 
 __all__ = ["ModelSpec", "GrayInput", "build_model", "imagenet_weights_file", "DEFAULT_ARCH"]
 
@@ -161,7 +160,7 @@ def _classifier(arch: str, num_outputs: int, init: str) -> tuple[nn.Module, str]
 
 
 def _unet(spec: ModelSpec) -> tuple[nn.Module, str]:
-    smp = require("segmentation_models_pytorch", extra="downstream", feature="the U-Net segmentation model")
+    import segmentation_models_pytorch as smp
 
     arch = spec.arch_name
     kwargs: dict = {}

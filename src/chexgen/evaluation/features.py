@@ -52,7 +52,6 @@ import torch.nn.functional as F
 
 from chexgen.data.labels import LABELS, normalize_label_name
 from chexgen.errors import ChexgenError
-from chexgen.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +262,7 @@ class OpenClipExtractor(FeatureExtractor):
 
     def __init__(self, model: torch.nn.Module, model_name: str, pretrained: str | None, device="cpu"):
         super().__init__(device)
-        open_clip = require("open_clip", extra="eval", feature="the CLIP extractor")
+        import open_clip
 
         self.model = model.to(self.device).eval()
         self.model_name, self.pretrained = model_name, pretrained
@@ -278,7 +277,8 @@ class OpenClipExtractor(FeatureExtractor):
     def from_weights(
         cls, weights: str | None = DEFAULT_CLIP_WEIGHTS, device="cpu", random_init: bool = False
     ) -> "OpenClipExtractor":
-        open_clip = require("open_clip", extra="eval", feature="the CLIP extractor")
+        import open_clip
+
         spec = weights or DEFAULT_CLIP_WEIGHTS
         model_name, _, pretrained = spec.partition(":")
         if model_name not in open_clip.list_models():
@@ -313,8 +313,7 @@ class InceptionV3Extractor(FeatureExtractor):
 
     def __init__(self, weights_path: str | None = None, device="cpu"):
         super().__init__(device)
-        FeatureExtractorInceptionV3 = require("torch_fidelity.feature_extractor_inceptionv3", extra="eval",
-                                              feature="the inception extractor").FeatureExtractorInceptionV3
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         if weights_path is not None and not os.path.isfile(weights_path):
             raise ChexgenError(f"--weights {weights_path}: Inception-v3 weights file not found")
         try:
@@ -339,8 +338,7 @@ class InceptionV3Extractor(FeatureExtractor):
 
 def write_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a randomly initialised FID Inception-v3 state dict (offline tests and benchmarks only)."""
-    FeatureExtractorInceptionV3 = require("torch_fidelity.feature_extractor_inceptionv3", extra="eval",
-                                          feature="the inception extractor").FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _KeepInit(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init

@@ -1,7 +1,9 @@
 """Detection: mAP and mAR at IoU 0.5 of box predictions (torchmetrics ``MeanAveragePrecision``).
 
 COCO 101-point interpolation, at most 100 detections per image. torchmetrics and its
-pycocotools backend are optional (the ``downstream`` extra): only detection needs them.
+pycocotools backend are optional (the ``downstream`` extra): only detection needs them. A missing
+one is a ``ModuleNotFoundError`` that the CLI turns into one line naming the extra
+(:data:`chexgen.errors.EXTRAS`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-
-from chexgen.extras import require
 
 __all__ = ["compute_map50"]
 
@@ -22,11 +22,11 @@ def compute_map50(preds: list[dict], targets: list[dict], classes: Sequence[str]
     ``targets``: per image ``boxes`` and ``labels``. Labels are 1-based class indices.
     A value torchmetrics cannot define (no ground truth) is NaN.
     """
+    import pycocotools  # noqa: F401 - torchmetrics' mAP backend; missing, the CLI names the extra
     import torch
+    from torchmetrics.detection import MeanAveragePrecision
 
-    detection = require("torchmetrics.detection", extra="downstream", feature="detection mAP")
-    require("pycocotools", extra="downstream", feature="detection mAP")  # torchmetrics' mAP backend
-    metric = detection.MeanAveragePrecision(iou_thresholds=[0.5], box_format="xyxy", class_metrics=bool(classes))
+    metric = MeanAveragePrecision(iou_thresholds=[0.5], box_format="xyxy", class_metrics=bool(classes))
 
     def _t(d: dict, keys: tuple[str, ...]) -> dict:
         out = {}
