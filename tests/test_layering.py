@@ -88,10 +88,6 @@ def test_only_cli_imports_commands_in_the_library():
     assert commands_importers(src_modules()) == {}
 
 
-# After the lead's and harden's merges only tests/test_cli_numeric.py (harden's: it tests the argparse
-# types of commands/_types.py directly) still imports commands/; drop this xfail once it goes
-# through chexgen.cli.main or the types move to a library module.
-@pytest.mark.xfail(strict=False, reason="tests/test_cli_numeric.py imports commands/_types (harden)")
 def test_tests_and_benchmarks_do_not_import_commands():
     offenders = {}
     for folder in ("tests", "benchmarks", "scripts", "docs"):

@@ -40,6 +40,7 @@ from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record, write_manifest
 from chexgen.data.provenance import image_provenance
 from chexgen.errors import ChexgenError
+from chexgen.evaluation.metrics.classification import finite_mean
 
 __all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
 
@@ -225,20 +226,14 @@ def evaluate_demo_model(
         "trained_findings": list(trained),
         "auroc_generated_per_class": gen_auc,
         "auroc_real_per_class": real_auc,
-        "auroc_generated_mean": _nanmean(gen_auc.values()),
-        "auroc_real_mean": _nanmean(real_auc.values()),
+        "auroc_generated_mean": finite_mean(gen_auc.values()),
+        "auroc_real_mean": finite_mean(real_auc.values()),
         "fid_real_vs_generated": float(results["metrics"]["fid"]["value"]),
         "fid_real_half_vs_half": float(compute_fid(rf[perm[:half]], rf[perm[half:]])),
         "n_real": len(heldout),
         "n_generated": len(synthetic),
     }
     return results, figures
-
-
-def _nanmean(values) -> float:
-    arr = np.asarray(list(values), dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")
 
 
 def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_prompt: int, section: str):
@@ -285,7 +280,7 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
     for i, ex in enumerate(examples):
         idx = list(range(i * k, (i + 1) * k))
         ratios = [localisation_ratio(on_img[j], off_img[j], drawn[j] > 0) for j in idx]
-        ratio = _nanmean(ratios)
+        ratio = finite_mean(ratios)
         rows.append({"condition_id": ex.condition.id, "source": ex.source, "label": ex.label, "prompt": ex.prompt,
                      "area_fraction": float((drawn[idx[0]] > 0).mean()), "localisation_ratio": ratio})
         fig_rows.append([drawn[idx[0]], *off_img[idx], *on_img[idx]])
@@ -302,10 +297,10 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                 extra={"condition_source": f"{ex.source} (torchxrayvision)", "condition_id": ex.condition.id,
                        "condition_image": cond_rel},
             ))
-    by_source = {src: _nanmean(r["localisation_ratio"] for r in rows if r["source"] == src)
+    by_source = {src: finite_mean(r["localisation_ratio"] for r in rows if r["source"] == src)
                  for src in dict.fromkeys(r["source"] for r in rows)}
     summary = {"adapter": str(control_dir), "n_conditions": len(rows), "images_per_condition": k,
-               "localisation_ratio_mean": _nanmean(r["localisation_ratio"] for r in rows),
+               "localisation_ratio_mean": finite_mean(r["localisation_ratio"] for r in rows),
                "localisation_ratio_by_source": by_source, "examples": rows}
     caption = (f"Each row: the condition as the adapter sees it, {k} image(s) without the adapter, then the same "
                f"seed(s) with it. Rows: " + " | ".join(f"{i + 1}: {r['source']}, “{r['prompt']}”"

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from chexgen.data.imageio import save_png
+from chexgen.data.provenance import synthetic_png_text
 from chexgen.data.manifest import Box, Mask, Record, record_from_dict, write_manifest
 from chexgen.errors import ChexgenError
 from chexgen.phantom.atlas import load_atlas
@@ -147,8 +148,9 @@ def make_record(cfg: CohortConfig, index: int, writer: ReportWriterLike,
     rec.report = report.text
     rec.impression = report.impression
     if out is not None:
-        save_png(out / image_rel, r.image, bits=cfg.bits,
-                 text={"chexgen:synthetic": "true", "chexgen:phantom": f"seed={cfg.seed} index={index}"})
+        # the one marking scheme of chexgen's synthetic PNGs (no watermark: phantoms are the ground-truth
+        # stand-in for real images, e.g. the watermark's false-positive reference)
+        save_png(out / image_rel, r.image, bits=cfg.bits, text=synthetic_png_text(rec.provenance))
         for name, m in r.masks.items():
             _write_mask(out / "masks" / rid / f"{name}.png", m)
     return rec, r
