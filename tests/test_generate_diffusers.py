@@ -41,8 +41,11 @@ def test_stable_diffusion_folder_gray_pngs_provenance_batch_independent_seeds_an
                                                                                            one_thread):
     args = ["--prompt", "left effusion", "--prompt", "normal", "-n", "2", "--seed", "3", *FAST]
     one, four = tmp_path / "b1", tmp_path / "b4"
-    assert main(["generate", "--model", str(sd_dir), "--out", str(one), "--batch-size", "1", *args]) == 0
-    assert main(["generate", "--model", str(sd_dir), "--out", str(four), "--batch-size", "4", *args]) == 0
+    # the generator's pixels (the watermark, a function of them, is the engine's and tested there)
+    assert main(["generate", "--model", str(sd_dir), "--out", str(one), "--batch-size", "1", "--no-watermark",
+                 *args]) == 0
+    assert main(["generate", "--model", str(sd_dir), "--out", str(four), "--batch-size", "4", "--no-watermark",
+                 *args]) == 0
     recs = read_manifest(four / "manifest.jsonl")
     assert [r.provenance["seed"] for r in recs] == [3, 4, 5, 6]
     prov = recs[0].provenance
@@ -53,7 +56,7 @@ def test_stable_diffusion_folder_gray_pngs_provenance_batch_independent_seeds_an
     assert prov["gray"] == "ITU-R BT.601 luma" and prov["dtype"] == "float32"
     for r in recs:
         with Image.open(four / r.image) as im:
-            assert im.mode == "L" and im.size == (16, 16)
+            assert im.mode == "L" and im.size == (32, 32)
         assert json.loads(read_png_text(four / r.image)["chexgen:provenance"])["seed"] == r.provenance["seed"]
         a, b = load_gray(one / r.image), load_gray(four / r.image)
         assert np.abs(a - b).max() <= 1 / 255 + 1e-6  # an image depends on its seed, not on its batch
@@ -63,7 +66,8 @@ def test_stable_diffusion_folder_gray_pngs_provenance_batch_independent_seeds_an
     before = load_gray(four / recs[3].image)
     (four / recs[3].image).unlink()
     capsys.readouterr()
-    assert main(["generate", "--model", str(sd_dir), "--out", str(four), "--batch-size", "4", *args]) == 0
+    assert main(["generate", "--model", str(sd_dir), "--out", str(four), "--batch-size", "4", "--no-watermark",
+                 *args]) == 0
     assert "generated 1 image(s), skipped 3" in capsys.readouterr().out
     assert np.array_equal(load_gray(four / recs[3].image), before)
 
@@ -82,7 +86,8 @@ def test_pixart_folder_with_a_prompt_template_from_a_manifest(pixart_dir, tmp_pa
     assert prov["prompt_template"] == "roentgen-v2: {age} year old {race} {sex}. {impression}"
     assert recs[1].sex == "M" and recs[1].extra["source_id"] == "b"
     with Image.open(out / recs[0].image) as im:
-        assert im.mode == "L" and im.size == (16, 16)
+        assert im.mode == "L" and im.size == (32, 32)
+    assert prov["watermark"]["enabled"] is True  # marked by default, like every generated image
     assert json.loads((out / "generation.json").read_text())["prompt_template"].startswith("roentgen-v2")
 
 

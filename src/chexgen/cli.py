@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from chexgen import __version__
-from chexgen.errors import ChexgenError
+from chexgen.errors import ChexgenError, missing_extra_message
 
 # name -> (module under chexgen.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-official": ("convert_official", "Convert an official ChexGen checkpoint into a chexgen pipeline folder."),
     "presets": ("presets", "List the model presets and what each one fixes."),
     "reader-study": ("reader_study", "Blinded radiologist reader study: create, serve (web app), analyse."),
+    "export-dicom": ("export_dicom", "Write an existing synthetic set as synthetic Secondary Capture DICOM files."),
+    "verify": ("verify", "Report synthetic marking, watermark and payload of images (PNG, JPEG, DICOM)."),
+    "audit-release": ("audit_release", "Audit a synthetic set before sharing it; keep only what passes."),
 }
 
 
@@ -73,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except ChexgenError as err:
         print(f"chexgen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra that is not installed: one line, not a traceback
+        message = missing_extra_message(err)
+        if message is None:
+            raise
+        print(f"chexgen {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"chexgen {args.command}: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ Example (paths relative to the file; unknown keys are errors)::
     images_per_prompt: 4                  # MS-SSIM diversity needs >= 2
     seed: 0
     batch_size: 8
+    watermark: false                      # default: generated images carry no invisible watermark (see below)
     models:
       - {name: chexgen, backend: chexgen, model: runs/t2i/pipeline, sampler: ddim, steps: 100}
       - {name: roentgen-v2, backend: diffusers, model: stanfordmimi/RoentGen-v2,
@@ -103,6 +104,9 @@ class BenchmarkConfig:
     seed: int = 0
     batch_size: int = 8
     device: str | None = None
+    # generated images are evaluation artefacts: the invisible watermark (PSNR ~40 dB) would perturb the
+    # synthetic side only, biasing SSIM-based diversity, memorisation and pixel comparisons; true marks them
+    watermark: bool = False
     reid: ReIDEntry | None = None
     bootstrap: int = 200  # draws for per-prompt / per-image metrics
     distribution_bootstrap: int = 20  # draws for FD / KID / PRDC (each a full recompute)

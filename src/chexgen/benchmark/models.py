@@ -230,7 +230,7 @@ def generate_model(pm: PreparedModel, cfg: BenchmarkConfig, out: Path, device: s
         return generate_to_folder(metered, pm.items, out / MODELS_DIR / pm.entry.name,
                                   num_images_per_prompt=cfg.images_per_prompt, seed=cfg.seed,
                                   batch_size=pm.entry.batch_size or cfg.batch_size, rank=rank, world=world,
-                                  barrier=barrier, progress=progress)
+                                  barrier=barrier, progress=progress, watermark=cfg.watermark)
     finally:
         del metered, backend
         gc.collect()

@@ -45,23 +45,13 @@ class ImageSet:
 
 
 def _load_classifier(entry: ExtractorEntry, device: str) -> FeatureExtractor:
-    import torch
-
+    """A classifier extractor: a ``chexgen downstream classifier`` folder or a TorchScript file (never a pickle)."""
+    from chexgen.downstream.classifier import load_classifier
     from chexgen.evaluation.features import ClassifierExtractor
+    from chexgen.evaluation.run import load_module_file
 
-    path = Path(entry.weights or "")
-    if path.is_dir() and (path / "config.json").is_file():
-        from chexgen.downstream.classifier import load_classifier
-
-        model = load_classifier(path)
-    elif path.is_file():
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as err:
-            raise ChexgenError(f"extractor {entry.name}: {path} is not a TorchScript classifier ({err})") from None
-    else:
-        raise ChexgenError(f"extractor {entry.name}: classifier {path} not found (a `chexgen downstream classifier` "
-                           "folder or a TorchScript file)")
+    model = load_module_file(entry.weights or "", f"classifier {entry.weights}", trust_pickle=False,
+                             folder_loader=load_classifier)
     size = int(entry.image_size or getattr(model, "input_size", 224))
     names = getattr(model, "class_names", None)
     return ClassifierExtractor(model, input_size=size, name=entry.name, class_names=names, device=device)

@@ -35,7 +35,7 @@ class GenerateOptions:
     dtype: the generator. prompt_template: how prompts are built from the records (see
     :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale: spatial control.
     sampler / steps / guidance / negative_prompt (None = the model's defaults), num_images_per_prompt,
-    batch_size, seed: sampling. out / bits / progress: output.
+    batch_size, seed: sampling. out / bits / image_format (png, dicom, both) / watermark / progress: output.
     """
 
     out: Path
@@ -56,6 +56,8 @@ class GenerateOptions:
     batch_size: int = 8
     seed: int = 0
     bits: int = 8
+    image_format: str = "png"
+    watermark: bool = True
     progress: bool = True
     control_model: Path | None = None
     conditions: ConditionOptions = field(default_factory=ConditionOptions)
@@ -172,11 +174,13 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
     items = collect_prompts(opts)
     state = PartialState(cpu=_use_cpu(opts.device))
     backend = DiffusersBackend.load(source.diffusers, device=opts.device or str(state.device), dtype=opts.dtype,
-                                    progress=opts.progress, steps=opts.steps, guidance=opts.guidance, negative_prompt=opts.negative_prompt)
+                                    progress=opts.progress, steps=opts.steps, guidance=opts.guidance,
+                                    negative_prompt=opts.negative_prompt)
     return generate_to_folder(
         _templated(backend, opts), items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed,
         bits=opts.bits, batch_size=opts.batch_size, rank=state.process_index, world=state.num_processes,
         barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
+        image_format=opts.image_format, watermark=opts.watermark,
     )
 
 
@@ -191,6 +195,12 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
         raise ChexgenError(f"--out {out} exists and is not a folder")
     if opts.bits not in (8, 16):
         raise ChexgenError(f"--bits must be 8 or 16, got {opts.bits}")
+    if opts.image_format not in ("png", "dicom", "both"):
+        raise ChexgenError(f"--format must be png, dicom or both, got {opts.image_format!r}")
+    if opts.image_format != "png":
+        from chexgen.release.dicom import require_dicom_writer
+
+        require_dicom_writer()
     control_dir = _control_model(opts)
     if control_dir is not None and opts.preset is not None:
         raise ChexgenError("--preset cannot be combined with --control-model")
@@ -222,5 +232,5 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
         backend, items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed, bits=opts.bits,
         batch_size=opts.batch_size, conditions=conditions, rank=state.process_index, world=state.num_processes,
         barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
-        rejects=rejects,
+        rejects=rejects, image_format=opts.image_format, watermark=opts.watermark,
     )
