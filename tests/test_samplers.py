@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from chexgen.diffusion import (
@@ -18,7 +19,6 @@ from chexgen.diffusion import (
 )
 from chexgen.errors import ChexgenError
 from chexgen.models.dit import ChexGenDiT
-from conftest import perturb_
 
 KW = dict(sample_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2,
           caption_channels=8, max_text_len=5)

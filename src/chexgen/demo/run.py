@@ -26,7 +26,6 @@ larger held-out set.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -249,11 +248,11 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
     from chexgen.data.imageio import save_png
-    from chexgen.generation.writer import write_synthetic_png
     from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
     from chexgen.generation.backends import ChexGenBackend
+    from chexgen.generation.writer import write_synthetic_png
     from chexgen.pipelines import ChexGenControlPipeline
     from chexgen.pipelines.base import resolve_sampling
 

@@ -17,13 +17,13 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+import tomllib
 import yaml
 
 from chexgen.errors import ChexgenError
