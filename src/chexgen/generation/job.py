@@ -29,7 +29,8 @@ class GenerateOptions:
     """Everything a generation job needs (the options of ``chexgen generate``; see its ``--help``).
 
     texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
-    model / preset / text_encoder / device: the generator. control_model / conditions /
+    model / preset / text_encoder / device / precision (auto | fp32 | bf16 | fp16, see
+    :mod:`chexgen.models.precision`): the generator. control_model / conditions /
     conditioning_scale: spatial control. sampler / steps / guidance (None = the model's defaults),
     num_images_per_prompt, batch_size, seed: sampling. out / bits / image_format (png, dicom, both) /
     watermark / progress: output.
@@ -45,6 +46,7 @@ class GenerateOptions:
     preset: str | None = None
     text_encoder: str | None = None
     device: str | None = None
+    precision: str = "auto"
     sampler: str | None = None
     steps: int | None = None
     guidance: float | None = None
@@ -152,10 +154,13 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
 
     from accelerate import PartialState
 
+    from chexgen.models.precision import resolve_precision
+
+    resolve_precision(opts.precision)  # an unknown name fails before the model is loaded
     pipe, model_name = _load_pipeline(opts)
     sampling = resolve_sampling(pipe.config, opts.sampler, opts.steps, opts.guidance)
     state = PartialState(cpu=_use_cpu(opts.device))
-    pipe.to(opts.device or str(state.device))
+    pipe.to(opts.device or str(state.device), precision=opts.precision)
     pipe.text_encoder  # load now: a broken reference fails before anything is written
     control = None
     if control_dir is not None:
