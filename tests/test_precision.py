@@ -228,3 +228,34 @@ def test_fused_gelu_matches_and_trains_through_the_plain_path():
     xg = x.bfloat16().requires_grad_()
     fused16(xg).sum().backward()  # autograd: the separate ops (the fused op has no backward)
     assert xg.grad is not None and torch.isfinite(xg.grad.float()).all()
+
+
+def test_text_path_is_computed_once_per_loop_and_never_stale(tiny_pipeline, monkeypatch):
+    from chexgen.models import kernels
+
+    pipe = tiny_pipeline
+    proj = pipe.transformer.backbone.caption_projection
+    assert isinstance(proj, kernels.CachedTextProjection)
+    calls = []
+    hook = proj.linear_1.register_forward_hook(lambda *a: calls.append(1))
+    kw = dict(seed=2, sampler="dpmsolver++", num_inference_steps=5, progress=False)
+    cached = pipe(["left pleural effusion", "cardiomegaly"], **kw).images
+    assert len(calls) == 1  # one caption projection for 5 steps
+    monkeypatch.setattr(kernels._Memo, "get", lambda self, x, *w, compute: compute())
+    fresh = pipe(["left pleural effusion", "cardiomegaly"], **kw).images
+    assert len(calls) == 1 + 5 and torch.equal(cached, fresh)  # exact: the same products, once
+    monkeypatch.undo()
+    hook.remove()
+    # the same text tensor with changed weights, or changed in place, is recomputed
+    model = _block_model()
+    x, t, emb, mask = _inputs()
+    with torch.no_grad():
+        a = model(x, t, emb, mask)
+        model.backbone.transformer_blocks[0].attn2.to_k.weight.mul_(2)
+        b = model(x, t, emb, mask)
+        emb.mul_(0.5)
+        c = model(x, t, emb, mask)
+        model.backbone.transformer_blocks[0].attn2.to_k.weight.div_(2)
+        emb.mul_(2)
+        d = model(x, t, emb, mask)
+    assert not torch.equal(a, b) and not torch.equal(b, c) and torch.allclose(a, d, atol=1e-6)

@@ -258,6 +258,7 @@ def guided_prediction(
     guidance_scale: float,
     guided_channels: int | None = None,
     always_batch: bool = False,
+    batched_text: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Classifier-free guided model output ``[B, C_out, h, w]``.
 
@@ -266,20 +267,27 @@ def guided_prediction(
     or only to the first ``guided_channels`` of them; any further (variance) channels
     come from the conditional branch. With ``guidance_scale == 1`` (or no ``uncond``)
     the unconditional branch is skipped unless ``always_batch``. The output is fp32 whatever the
-    model's dtype: guidance is sampler arithmetic.
+    model's dtype: guidance is sampler arithmetic. ``batched_text`` is :func:`batch_text` of ``cond`` and
+    ``uncond``, made once per sampling loop (the same tensor every step lets the model reuse its text path).
     """
     c = latents.shape[1]
     b = latents.shape[0]
     if uncond is None or (guidance_scale == 1.0 and not always_batch):
         return model(latents, timestep.expand(b), cond[0], cond[1]).float()
-    emb = torch.cat([cond[0], uncond[0]])
-    mask = None if cond[1] is None else torch.cat([cond[1], uncond[1]])
+    emb, mask = batched_text if batched_text is not None else batch_text(cond, uncond)
     out = model(torch.cat([latents, latents]), timestep.expand(2 * b), emb, mask).float()
     out_c, out_u = out.chunk(2)
     g = c if guided_channels is None else guided_channels
     eps = out_c[:, :c].clone()
     eps[:, :g] = out_u[:, :g] + guidance_scale * (out_c[:, :g] - out_u[:, :g])
     return torch.cat([eps, out_c[:, c:]], dim=1)
+
+
+def batch_text(cond: tuple[torch.Tensor, torch.Tensor | None],
+               uncond: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text embeddings and mask of both guidance branches, ``[conditional; unconditional]``."""
+    mask = None if cond[1] is None else torch.cat([cond[1], uncond[1]])
+    return torch.cat([cond[0], uncond[0]]), mask
 
 
 @torch.no_grad()
@@ -323,10 +331,12 @@ def denoise(
     gens = list(generators)  # diffusers draws noise i from gens[i] on its device, then moves it
     timesteps = scheduler.timesteps
     iterator = progress(timesteps) if progress is not None else timesteps
+    text = batch_text(cond, uncond) if uncond is not None else None  # one tensor for the whole loop
     for t in iterator:
         t_in = t.reshape(1).to(device)
         model_in = scheduler.scale_model_input(x, t).to(dtype)
-        out = guided_prediction(model, model_in, t_in, cond, uncond, guidance_scale, spec.guided_channels)
+        out = guided_prediction(model, model_in, t_in, cond, uncond, guidance_scale, spec.guided_channels,
+                                batched_text=text)
         if spec.uses_learned_variance:
             if out.shape[1] != 2 * c:
                 raise ChexgenError(f"sampler {sampler!r} needs a learned-variance model (2x{c} output channels)")
