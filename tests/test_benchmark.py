@@ -208,7 +208,7 @@ def test_benchmark_resumes_after_a_kill_and_matches_an_uninterrupted_run(bench_d
     ("backend: magic, model: cx", "unknown backend 'magic'"),
     ("model: no-such-owner/no-such-model", "no local copy in the Hugging Face cache"),
     ("model: cx, prompt_template: '{age} {view}: {impression}'", "has no view"),
-    ("model: cx, sampler: euler", "unknown sampler"),
+    ("model: cx, sampler: bogus", "unknown sampler"),
     ("model: sd, sampler: ddim", "sampler / text_encoder are for chexgen models"),
     ("backend: monai, model: bundle", "MONAI bundles cannot be driven"),
 ])
