@@ -49,4 +49,4 @@ chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --
 # 7. pack: fp16 weights into DEST (the model card there is kept)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
   --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
-  --pack-clip-latents 5 --sampler iddpm --steps 50
+  --pack-clip-latents 5 --sampler dpmsolver++sde --steps 20

@@ -34,6 +34,11 @@ def demo_model(tmp_path_factory, tiny_t5_dir):
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     adapter.save_pretrained(str(root / "control"), safe_serialization=True)
     (root / "control" / "control_info.json").write_text(json.dumps({"base_model": "../pipeline"}))
+    # the model's own sampling defaults (not PipelineConfig's), which the demo must use when none is given
+    cfg_path = root / "pipeline" / "chexgen_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(default_sampler="dpmsolver++sde", num_inference_steps=3)
+    cfg_path.write_text(json.dumps(cfg))
     spec = ModelSpec(task="classification", num_outputs=len(CLASSES), image_size=64, arch="densenet-tiny",
                      init="scratch")
     model, _ = build_model(spec)
@@ -45,7 +50,7 @@ def demo_model(tmp_path_factory, tiny_t5_dir):
 def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     out = tmp_path / "demo"
     code = main(["demo", "--model", str(demo_model), "--out", str(out), "--n-heldout", "10", "--images-per-prompt", "2",
-                 "--n-nlmcxr", "2", "--steps", "2", "--bootstrap", "20", "--workers", "1", "--no-progress",
+                 "--n-nlmcxr", "2", "--bootstrap", "20", "--workers", "1", "--no-progress",
                  "--n-control-masks", "1", "--n-control-boxes", "1", "--control-images", "2"])
     assert code == 0
     html = (out / "report.html").read_text()
@@ -56,6 +61,8 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     demo = metrics["demo"]
     assert demo["n_real"] == 10 and demo["n_generated"] == 10
     assert demo["config"]["guidance"] == 4.0  # the model's own default when --guidance is not given
+    # the sampler and steps stored in the model folder, used for every part of the demo
+    assert (demo["config"]["sampler"], demo["config"]["steps"]) == ("dpmsolver++sde", 3)
     assert set(demo["auroc_real_per_class"]) == set(CLASSES)
     assert np.isfinite(demo["fid_real_vs_generated"]) and np.isfinite(demo["fid_real_half_vs_half"])
     # a random generator is far from the real phantom images; two halves of the real set are close
@@ -80,6 +87,8 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     prov = json.loads(text["chexgen:provenance"])
     assert text["chexgen:synthetic"] == "true" and prov["prompt"] == paired[0].impression
     assert prov == paired[0].provenance and prov["backend"] == "chexgen" and prov["seed"] == 0
+    assert (prov["sampler"], prov["steps"]) == ("dpmsolver++sde", 3) and prov["precision"] in ("fp32", "bf16")
+    assert all((r.provenance["sampler"], r.provenance["steps"]) == ("dpmsolver++sde", 3) for r in controlled)
 
 
 def test_nlmcxr_prompts_are_real_and_within_trained_findings():
@@ -116,7 +125,10 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
     a = ChexGenPipeline.from_pretrained(demo_model / "pipeline")
     b = ChexGenPipeline.from_pretrained(dest / "pipeline")
     assert next(b.transformer.parameters()).dtype == torch.float32  # computes in fp32 after loading fp16
-    assert (b.config.clip_latents, b.config.default_sampler, b.config.num_inference_steps) == (5.0, "iddpm", 50)
+    from chexgen.demo.pack import PACK_SAMPLER, PACK_STEPS
+
+    assert (b.config.clip_latents, b.config.default_sampler, b.config.num_inference_steps) == (5.0, PACK_SAMPLER,
+                                                                                             PACK_STEPS)
     assert b.config.guidance_scale == 6.5  # the demo and `chexgen generate` use it when no --guidance is given
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():

@@ -76,7 +76,7 @@ def test_sixteen_bit_and_settings_mismatch(tiny_pipeline_dir, tmp_path, capsys):
         (["--prompts", "{tmp}/bad.csv", "--column", "text"], "empty prompt"),
         (["--prompts", "{tmp}/bin.txt"], "cannot read"),
         (["--prompt", "  "], "empty"),
-        (["--prompt", "x", "--sampler", "euler"], "unknown sampler"),
+        (["--prompt", "x", "--sampler", "lms"], "unknown sampler"),
     ],
 )
 def test_bad_input_one_line_nonzero_nothing_written(tiny_pipeline_dir, tmp_path, capsys, args, match):

@@ -65,7 +65,7 @@ def test_guidance_changes_the_image(tiny_pipeline):
     [
         (dict(prompts=["ok", "  "]), "prompt 1 is empty"),
         (dict(prompts=[]), "no prompts"),
-        (dict(prompts="x", sampler="euler"), "unknown sampler"),
+        (dict(prompts="x", sampler="lms"), "unknown sampler"),
         (dict(prompts="x", seeds=[1, 2]), "2 seeds"),
         (dict(prompts="x", num_inference_steps=0), "num_inference_steps"),
     ],

@@ -259,3 +259,17 @@ def test_text_path_is_computed_once_per_loop_and_never_stale(tiny_pipeline, monk
         emb.mul_(2)
         d = model(x, t, emb, mask)
     assert not torch.equal(a, b) and not torch.equal(b, c) and torch.allclose(a, d, atol=1e-6)
+
+
+@pytest.mark.skipif(not (BUNDLED / "chexgen_config.json").is_file(), reason="bundled model not installed")
+def test_bundled_model_stores_the_benchmarked_sampler_default_and_generate_uses_it(tmp_path):
+    from chexgen.demo.pack import PACK_SAMPLER, PACK_STEPS
+
+    stored = json.loads((BUNDLED / "chexgen_config.json").read_text())
+    # benchmarks/sampler_quality.py --apply wrote these (the pack default follows the same measurement)
+    assert (stored["default_sampler"], stored["num_inference_steps"]) == (PACK_SAMPLER, PACK_STEPS)
+    out = tmp_path / "g"
+    assert main(["generate", "Small left pleural effusion.", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "generation.json").read_text())
+    assert (settings["sampler"], settings["steps"]) == (stored["default_sampler"], stored["num_inference_steps"])
+    assert settings["precision"] == precision_name(resolve_precision("auto", "cpu"))

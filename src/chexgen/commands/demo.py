@@ -11,6 +11,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from chexgen.demo import DemoConfig
+    from chexgen.demo.pack import PACK_SAMPLER, PACK_STEPS
     from chexgen.models.precision import PRECISION_HELP, PRECISIONS
 
     d = DemoConfig()
@@ -35,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Real NIH ChestX-ray14 boxes (shipped by torchxrayvision) to generate from (0 = none).")
     p.add_argument("--control-images", type=positive_int, default=d.control_images,
                    help="Images per mask / box, each drawn with and without the adapter from the same seed.")
-    p.add_argument("--sampler", default=d.sampler, help="Sampler: ddim, iddpm, dpmsolver++ or official (default: the "
-                   "model's own; with --pack-*: iddpm, stored as the packed model's default).")
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="Sampling steps (default: the model's own; with --pack-*: "
-                   "50, stored as the packed model's default).")
+    p.add_argument("--sampler", default=d.sampler, help="Sampler, as in chexgen generate (default: the model's own; "
+                   f"the bundled model stores {PACK_SAMPLER}; with --pack-*: {PACK_SAMPLER}, stored as the packed "
+                   "model's default).")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="Sampling steps (default: the model's own; "
+                   f"with --pack-*: {PACK_STEPS}, stored as the packed model's default).")
     p.add_argument("--guidance", type=nonneg_float, default=d.guidance, help="Classifier-free guidance scale (default: the "
                    "model's own; with --pack-*: stored as the packed model's default).")
     p.add_argument("--seed", type=int, default=d.seed, help="Base seed of the generated images.")
@@ -84,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pack_pipeline:
         from chexgen.demo import pack_demo_model
+        from chexgen.demo.pack import PACK_SAMPLER, PACK_STEPS
 
         missing = [n for n in ("pack_classifier", "pack_prevalence", "pack_to") if not getattr(args, n)]
         if missing:
             raise ChexgenError("--pack-pipeline also needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
         clip = args.pack_clip_latents if args.pack_clip_latents > 0 else None
         info = pack_demo_model(args.pack_pipeline, args.pack_classifier, args.pack_prevalence, args.pack_to,
-                               clip_latents=clip, sampler=args.sampler or "iddpm", steps=args.steps or 50,
+                               clip_latents=clip, sampler=args.sampler or PACK_SAMPLER,
+                               steps=args.steps or PACK_STEPS,
                                guidance=args.guidance,
                                control_dir=args.pack_control)
         print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")

@@ -68,8 +68,8 @@ class DemoConfig:
     n_control_masks: int = 3  # real SIIM-ACR pneumothorax masks (torchxrayvision) for the control part
     n_control_boxes: int = 3  # real NIH ChestX-ray14 boxes (torchxrayvision) for the control part
     control_images: int = 2  # per mask / box, each with and without the adapter (same seed)
-    sampler: str | None = None  # None = the model's own default (the bundled model stores iddpm)
-    steps: int | None = None  # None = the model's own default (the bundled model stores 50)
+    sampler: str | None = None  # None = the model's own default (the bundled model stores dpmsolver++sde)
+    steps: int | None = None  # None = the model's own default (the bundled model stores 20)
     guidance: float | None = None  # None = the model's own default (the bundled model stores its tuned value)
     seed: int = 0
     batch_size: int = 16
