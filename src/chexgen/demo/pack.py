@@ -20,24 +20,21 @@ def _half_safetensors(src: Path, dst: Path) -> None:
 
 def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
     """fp16 copy of an adapter trained on ``pipe`` with its base named relative to itself."""
-    import json
+    import dataclasses
 
     import torch
 
-    from chexgen.pipelines.control import CONTROL_INFO
     from chexgen.models.controlnet import load_controlnet
-    from chexgen.utils import atomic_write_json
+    from chexgen.pipelines.control import ControlInfo
 
     adapter = load_controlnet(str(control_dir), transformer=pipe.transformer)
-    info_path = control_dir / CONTROL_INFO
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    trained_on = info.get("base_checkpoint_sha256")
+    info = ControlInfo.read(control_dir) or ControlInfo(base_model="")
+    trained_on = info.base_checkpoint_sha256
     if trained_on and pipe.checkpoint_sha256() and trained_on != pipe.checkpoint_sha256():
         raise ChexgenError(f"{control_dir}: adapter was trained on base weights {trained_on[:12]}..., not on the "
                            f"pipeline being packed ({pipe.checkpoint_sha256()[:12]}...); retrain it on this base")
     adapter.to(torch.float16).save_pretrained(str(dst), safe_serialization=True)
-    atomic_write_json(dst / CONTROL_INFO, {**info, "base_model": "../pipeline", "trained_on_base_sha256": trained_on,
-                                           "data": Path(str(info.get("data", ""))).name or None})
+    dataclasses.replace(info, base_model="../pipeline", data=Path(info.data).name if info.data else None).write(dst)
 
 
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,

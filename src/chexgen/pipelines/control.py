@@ -47,11 +47,55 @@ from chexgen.models.text_encoder import TextEmbeddings
 from chexgen.pipelines.base import SamplingSettings, check_prompts, image_generators, image_seeds
 from chexgen.pipelines.text2img import ChexGenPipeline
 
-__all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "pair_prompts", "CONTROL_INFO"]
+__all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "pair_prompts", "CONTROL_INFO",
+           "ControlInfo"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_INFO = "control_info.json"
+
+
+@dataclass
+class ControlInfo:
+    """What ``control_info.json`` beside an adapter records (one schema for every writer).
+
+    base_model: the base pipeline (absolute, or relative to the adapter folder as in a packed model);
+    base_checkpoint_sha256: SHA-256 of the base transformer weights it was trained on; condition_name /
+    missing_condition: the cached condition it learned from and how missing ones were filled; data: the
+    training cache; resolution: image size in pixels.
+    """
+
+    base_model: str
+    base_checkpoint_sha256: str | None = None
+    condition_name: str | None = None
+    data: str | None = None
+    missing_condition: str | None = None
+    resolution: int | None = None
+
+    def write(self, directory: "str | os.PathLike") -> Path:
+        from dataclasses import asdict
+
+        from chexgen.utils import atomic_write_json
+
+        path = Path(directory) / CONTROL_INFO
+        atomic_write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def read(cls, directory: "str | os.PathLike") -> "ControlInfo | None":
+        """The info of an adapter folder, or None when it has none."""
+        path = Path(directory) / CONTROL_INFO
+        if not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ChexgenError(f"{path}: unreadable ({err})") from None
+        if not isinstance(d, dict) or not d.get("base_model"):
+            raise ChexgenError(f"{path}: 'base_model' is missing")
+        d.setdefault("base_checkpoint_sha256", d.get("trained_on_base_sha256"))  # written by chexgen <= 0.1 packs
+        known = {f: d.get(f) for f in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def control_model_fn(
@@ -113,11 +157,9 @@ class ChexGenControlPipeline:
         """
         control_path = Path(control_path)
         if base is None:
-            info = control_path / CONTROL_INFO
-            if info.is_file():
-                base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
-                if not base:
-                    raise ChexgenError(f"{info}: 'base_model' is missing")
+            info = ControlInfo.read(control_path)
+            if info is not None:
+                base = info.base_model
                 if not Path(base).is_absolute():  # a packed model names its base relative to the adapter
                     base = control_path / base
             elif (control_path.parent / "chexgen_config.json").is_file():

@@ -210,18 +210,16 @@ class _ControlHooks:
         return torch.cat([vae.decode(control).float().cpu(), vae.decode(latents).float().cpu()])
 
     def export(self, model: nn.Module, directory: "str | os.PathLike") -> None:
-        from chexgen.pipelines.control import CONTROL_INFO
-        from chexgen.utils import atomic_write_json
+        from chexgen.pipelines.control import ControlInfo
 
         directory = Path(directory)
         model.controlnet.save_pretrained(str(directory), safe_serialization=True)
-        base_path = Path(self.cfg.base_model).resolve()
-        atomic_write_json(directory / CONTROL_INFO, {
-            "base_model": str(base_path),
-            "base_checkpoint_sha256": self.base.checkpoint_sha256(),
-            "condition_name": self.cfg.condition_name,
-            "data": str(self.cfg.data),
-            "missing_condition": self.cfg.missing_condition,
-            "resolution": self.base.config.resolution,
-        })
+        ControlInfo(
+            base_model=str(Path(self.cfg.base_model).resolve()),
+            base_checkpoint_sha256=self.base.checkpoint_sha256(),
+            condition_name=self.cfg.condition_name,
+            data=str(self.cfg.data),
+            missing_condition=self.cfg.missing_condition,
+            resolution=self.base.config.resolution,
+        ).write(directory)
 
