@@ -107,12 +107,15 @@ class OutputWriter:
         self.palette = palette
 
     def mask_relpath(self, job: PlannedImage, name: str) -> str:
+        """Path of one condition mask of ``job``, relative to the output folder."""
         return f"masks/{job.id}__{_safe(name)}.png"
 
     def condition_relpath(self, job: PlannedImage) -> str:
+        """Path of the condition image ``job`` was drawn from, relative to the output folder."""
         return f"conditions/{job.id}.png"
 
     def is_finished(self, job: PlannedImage) -> bool:
+        """Whether ``job``'s image already exists as a complete PNG of the right size (resume)."""
         return is_finished_image(self.out / job.relpath, self.resolution)
 
     def write(self, job: PlannedImage, image: np.ndarray, drawn_condition: np.ndarray | None = None) -> None:

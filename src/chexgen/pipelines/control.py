@@ -177,16 +177,19 @@ class ChexGenControlPipeline:
         return pipe
 
     def to(self, device=None, dtype=None) -> "ChexGenControlPipeline":
+        """Move (or cast) the base pipeline and the adapter together; returns ``self``."""
         self.base.to(device=device, dtype=dtype)
         self.controlnet.to(device=device, dtype=dtype)
         return self
 
     @property
     def resolution(self) -> int:
+        """Image size in pixels (the base pipeline's)."""
         return self.base.config.resolution
 
     @property
     def fit_policy(self) -> str:
+        """How conditions are squared to the image (``crop`` or ``pad``), as the adapter was trained."""
         return self.controlnet.config.fit_policy
 
     # ------------------------------------------------------------------ conditions
