@@ -38,16 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chexgen.curation.report_writer import TemplateReportWriter
 from chexgen.data.conditions import record_condition
 from chexgen.data.imageio import fit_square, load_gray
 from chexgen.data.manifest import read_manifest
-from chexgen.data.phantom.cohort import CohortConfig, write_cohort
 from chexgen.diffusion.samplers import denoise, make_generators
-from chexgen.pipelines.control import control_model_fn
 from chexgen.models.controlnet import ChexGenControlNet, ControlledDiT
 from chexgen.models.dit import ChexGenDiT
 from chexgen.models.presets import TextEncoderSpec
 from chexgen.models.text_encoder import load_text_encoder
+from chexgen.phantom.cohort import CohortConfig, write_cohort
+from chexgen.pipelines.control import control_model_fn
 from chexgen.training.diffusion_task import DiffusionObjective
 
 FACTOR = 2  # space-to-depth factor standing in for the VAE (32 px image -> 4 x 16 x 16 latent)
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
 
     cohort_dir = out / f"phantom_{a.render_size}_{a.n}_{a.seed}"
     write_cohort(CohortConfig(n=a.n, size=a.render_size, seed=a.seed, prevalence="balanced", workers=1), cohort_dir,
-                 progress=False)
+                 TemplateReportWriter(seed=a.seed), progress=False)
     records = read_manifest(cohort_dir / "manifest.jsonl")
     train = [r for r in records if r.split != "test"]
     test = [r for r in records if r.split == "test"]

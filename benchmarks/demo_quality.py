@@ -41,11 +41,12 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
-    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
     from chexgen.demo.run import DemoConfig, _resolve_model, _synthetic_records, evaluate_demo_model
     from chexgen.downstream.classifier import load_classifier
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.pipelines import ChexGenPipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
@@ -57,7 +58,8 @@ def main() -> int:
 
     t0 = time.perf_counter()
     info = write_cohort(CohortConfig(n=args.n, size=pipe.config.resolution, seed=cfg.heldout_seed,
-                                     prevalence=str(prevalence), workers=2), work / "heldout")
+                                     prevalence=str(prevalence), workers=2), work / "heldout",
+                        TemplateReportWriter(seed=cfg.heldout_seed))
     heldout = read_manifest(info["manifest"])
     root = Path(info["manifest"]).parent
     real = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])

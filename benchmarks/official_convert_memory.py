@@ -35,7 +35,7 @@ import json, resource, sys, time
 import torch
 from chexgen.models.dit import ChexGenDiT  # noqa: F401  (imports counted in the baseline)
 from chexgen.models import official
-import chexgen.commands.convert_official as conv
+import chexgen.pipelines.convert_official as conv
 import diffusers, accelerate  # noqa: F401
 
 def rss_kb():

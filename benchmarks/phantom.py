@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chexgen.data.phantom import CohortConfig, load_atlas, write_cohort
-from chexgen.data.phantom.atlas import _MEMORY
+from chexgen.curation.report_writer import TemplateReportWriter
+from chexgen.phantom import CohortConfig, load_atlas, write_cohort
+from chexgen.phantom.atlas import _MEMORY
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
             cfg = CohortConfig(n=args.n, size=size, seed=args.seed, workers=args.workers)
             t = time.perf_counter()
             c0 = _cpu()
-            write_cohort(cfg, Path(tmp) / "cohort", progress=False)
+            write_cohort(cfg, Path(tmp) / "cohort", TemplateReportWriter(seed=args.seed), progress=False)
             dt = time.perf_counter() - t
             cpu = _cpu() - c0
         wall_rate = args.n / dt

@@ -117,7 +117,7 @@ def _demo(n: int, steps: int) -> tuple[list[np.ndarray], list]:
 
     from chexgen.data.labels import LABELS
     from chexgen.data.manifest import Record
-    from chexgen.pipeline import ChexGenPipeline
+    from chexgen.pipelines import ChexGenPipeline
 
     names = json.loads((CLASSIFIER / "config.json").read_text())["classes"]
     findings = [c for c in names if c != "No Finding"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from chexgen.data.phantom import Finding, load_atlas, load_prevalence, render_case, sample_case
+from chexgen.phantom import Finding, load_atlas, load_prevalence, render_case, sample_case
 
 F = Finding
 ROWS: list[tuple[str, list[Finding], list[Finding]]] = [

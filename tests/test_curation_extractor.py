@@ -8,9 +8,10 @@ import pytest
 
 from chexgen.curation.extractor import extract_labels, extract_mentions
 from chexgen.curation.qc import check_report, compare_labels
-from chexgen.curation.report_writer import SEVERITIES, SIDES, ZONES, TemplateReportWriter
+from chexgen.curation.report_writer import TemplateReportWriter
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
+from chexgen.data.vocabulary import SEVERITIES, SIDES, ZONES
 
 
 @pytest.mark.parametrize("text, label, value", [

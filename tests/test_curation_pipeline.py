@@ -115,7 +115,7 @@ def test_curate_command_writes_outputs_and_exit_code_reports_rejects(tmp_path, c
                "--tokenizer", "none", "--no-plots"])
     assert rc == 1
     rejects = [json.loads(x) for x in (tmp_path / "b.rejects.jsonl").read_text().splitlines()]
-    assert rejects == [{"source": "nih", "file": str(tmp_path / "nih.csv"), "row": 3, "id": "nih/00000001_002",
+    assert rejects == [{"source": "nih", "file": str(tmp_path / "nih.csv"), "line": 3, "id": "nih/00000001_002",
                         "reason": "age 999 is outside 0..120 years"}]
     assert main(["curate", "--source", "mimic", "--out", str(tmp_path / "c.jsonl")]) == 2
     assert "not shipped" in capsys.readouterr().err

@@ -9,15 +9,13 @@ import pytest
 
 from chexgen.downstream.data import decode_rle
 from chexgen.downstream.metrics import (
-    auroc_per_class,
     classification_metrics,
     detection_metrics,
-    dice_scores,
     regression_metrics,
     segmentation_metrics,
-    weighted_f1,
 )
 from chexgen.downstream.stats import summarize, wilcoxon_p
+from chexgen.evaluation.metrics import compute_auroc, compute_dice, weighted_f1
 
 
 def _pairwise_auc(t: np.ndarray, s: np.ndarray) -> float:
@@ -34,18 +32,18 @@ def test_auroc_matches_pairwise_definition_and_sklearn():
     t = rng.integers(0, 2, size=(40, 3))
     s = rng.random((40, 3)) + 0.3 * t
     s[:5, 0] = s[5:10, 0]  # some ties
-    per = auroc_per_class(t, s)
+    per = compute_auroc(s, t)
     for j in range(3):
         assert per[j] == pytest.approx(_pairwise_auc(t[:, j], s[:, j]))
         assert per[j] == pytest.approx(roc_auc_score(t[:, j], s[:, j]))
-    m = classification_metrics(t, s, ["a", "b", "c"])
+    m = classification_metrics(s, t, ["a", "b", "c"])
     assert m["auroc_macro"] == pytest.approx(np.mean(per))
 
 
 def test_auroc_undefined_class_is_nan_and_left_out_of_macro():
     t = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     s = np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.3, 0.4]])
-    m = classification_metrics(t, s, ["x", "y"])
+    m = classification_metrics(s, t, ["x", "y"])
     assert m["auroc/x"] == 1.0 and math.isnan(m["auroc/y"])
     assert m["auroc_macro"] == 1.0
 
@@ -54,7 +52,7 @@ def test_weighted_f1_by_hand():
     # class 0: support 3, tp 2, fp 1, fn 1 -> F1 = 2/3; class 1: support 1, tp 1 -> F1 = 1.
     t = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])
     s = np.array([[0.9, 0.1], [0.2, 0.1], [0.7, 0.8], [0.6, 0.2]])
-    assert weighted_f1(t, s) == pytest.approx((3 * (2 / 3) + 1 * 1.0) / 4)
+    assert weighted_f1(s, t) == pytest.approx((3 * (2 / 3) + 1 * 1.0) / 4)
 
 
 def test_dice_on_hand_made_masks_with_siim_convention():
@@ -65,9 +63,9 @@ def test_dice_on_hand_made_masks_with_siim_convention():
     a[1, 0, 0] = True  # truth positive, prediction empty -> 0
     b[2, 3, 3] = True  # truth empty, prediction not -> 0
     # image 3: both empty -> 1
-    d = dice_scores(a, b)
+    d = compute_dice(b, a)
     assert d.tolist() == pytest.approx([4 / 6, 0.0, 0.0, 1.0])
-    m = segmentation_metrics(a, b)
+    m = segmentation_metrics(b, a)
     assert m["dice"] == pytest.approx((4 / 6 + 1) / 4)
     assert m["dice_pos"] == pytest.approx((4 / 6) / 2)
     assert m["dice_neg"] == pytest.approx(0.5)
@@ -95,11 +93,11 @@ def test_map50_on_hand_made_boxes():
 
 
 def test_regression_metrics_by_hand():
-    m = regression_metrics([0, 1, 2, 3], [0.5, 1, 2, 4])
+    m = regression_metrics([0.5, 1, 2, 4], [0, 1, 2, 3])
     assert m["mae"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
     assert m["mse"] == pytest.approx((0.25 + 1) / 4)
     assert m["pearson"] == pytest.approx(np.corrcoef([0, 1, 2, 3], [0.5, 1, 2, 4])[0, 1])
-    assert math.isnan(regression_metrics([1, 1, 1], [0, 1, 2])["pearson"])
+    assert math.isnan(regression_metrics([0, 1, 2], [1, 1, 1])["pearson"])
 
 
 def test_rle_decode_siim_convention():

@@ -244,3 +244,43 @@ def test_bootstrap_ci_and_wilcoxon():
     ref = stats.wilcoxon(u, v)
     assert w["p_value"] == pytest.approx(ref.pvalue) and w["statistic"] == pytest.approx(ref.statistic)
     assert w["n"] == 25 and np.isnan(paired_wilcoxon(u, u)["p_value"])
+
+
+# ------------------------------------------------------------ one metrics layer
+def test_auroc_by_hand_with_uncertain_unknown_and_soft_labels():
+    from chexgen.evaluation.metrics import compute_auroc
+
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    # positives {0.35, 0.8} vs negatives {0.1, 0.4}: 3 of 4 pairs ranked right
+    assert compute_auroc(scores, [0, 0, 1, 1]).tolist() == [0.75]
+    assert compute_auroc(scores, [0, 0, 1, 1]) != compute_auroc([0, 0, 1, 1], scores)  # prediction first
+    # -1 counts as negative by default, as positive with uncertain_as=1; NaN rows are left out
+    assert compute_auroc(scores, [0, 0, -1, 1]).tolist() == [1.0]  # 0.8 above 0.1, 0.4 and 0.35
+    assert compute_auroc(scores, [0, 0, -1, 1], uncertain_as=1.0).tolist() == [0.75]
+    assert compute_auroc(scores, [0, np.nan, 1, 1]).tolist() == [1.0]
+    assert compute_auroc(scores, [0, 0.5, 1, 1]).tolist() == [0.75]  # a soft 0.5 target is not positive
+    both = compute_auroc(np.stack([scores, scores], 1), np.array([[0, 1], [0, 1], [1, 1], [1, 1]]))
+    assert both[0] == 0.75 and np.isnan(both[1])  # one class only: undefined
+
+
+def test_pearson_test_matches_scipy_and_needs_three_pairs():
+    from chexgen.evaluation.metrics import pearson_test
+
+    x, y = np.array([1.0, 2.0, 3.0, 4.0, np.nan]), np.array([1.0, 3.0, 2.0, 5.0, 1.0])
+    ref = stats.pearsonr(x[:4], y[:4])
+    r, p = pearson_test(x, y)
+    assert r == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert all(np.isnan(v) for v in pearson_test([1.0, 2.0], [2.0, 1.0]))
+    assert all(np.isnan(v) for v in pearson_test([1.0, 1.0, 1.0], [2.0, 1.0, 3.0]))
+
+
+def test_metrics_are_one_implementation_used_by_every_caller():
+    import chexgen.downstream.metrics as downstream
+    import chexgen.evaluation as ev
+    import chexgen.evaluation.control as control
+    import chexgen.evaluation.metrics as metrics
+
+    assert ev.dice_iou is metrics.dice_iou is control.dice_iou
+    assert ev.compute_per_class_auroc is metrics.compute_per_class_auroc
+    assert downstream.compute_auroc is metrics.compute_auroc and downstream.compute_dice is metrics.compute_dice
+    assert not hasattr(downstream, "auroc_per_class") and not hasattr(downstream, "dice_scores")

@@ -189,3 +189,114 @@ def test_summary_tables_come_first_and_are_escaped():
     assert page.index("Summary &lt;b&gt;") < page.index("<h2>Inputs</h2>")
     assert "<td>0.9123</td>" in page and "&lt;script&gt;" in page and "<script>" not in page
     assert '<p class="note">a &lt; b</p>' in page and "<td>–</td>" in page  # NaN shown as a dash
+
+
+class _Evil:
+    """Unpickling this runs code: it writes a proof file (what a malicious --features file would do)."""
+
+    def __init__(self, proof: str) -> None:
+        self.proof = proof
+
+    def __reduce__(self):
+        return (open, (self.proof, "w"))
+
+
+def _cli(cohort, out, *extra):
+    return main(["evaluate", "--real", str(cohort / "real.jsonl"), "--synthetic", str(cohort / "syn.jsonl"),
+                 "--out", str(out), "--image-size", "64", "--analysis-size", "64", "--bootstrap", "5",
+                 "--distribution-bootstrap", "3", "--max-images", "6", "--no-tsne", *extra])
+
+
+def test_pickled_features_file_needs_trust_pickle(cohort, tmp_path, capsys):
+    proof = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save(_Evil(str(proof)), evil)
+    assert _cli(cohort, tmp_path / "out", "--features", str(evil)) == 2
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and str(evil) in err and len(err.strip().splitlines()) == 1
+    assert not proof.exists()  # nothing from the file ran
+    assert _cli(cohort, tmp_path / "out", "--features", "xrv", "--random-init", "--segmenter", str(evil)) == 2
+    assert not proof.exists()
+
+    # a pickled module the user made loads with the flag
+    torch.manual_seed(0)
+    mine = tmp_path / "mine.pt"
+    torch.save(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten()), mine)
+    assert _cli(cohort, tmp_path / "ok", "--features", str(mine)) == 2
+    assert _cli(cohort, tmp_path / "ok", "--features", str(mine), "--trust-pickle") == 0
+    assert (tmp_path / "ok" / "metrics.json").is_file()
+
+
+def test_unreadable_images_are_rejects_and_the_run_finishes(cohort, tmp_path, capsys):
+    import shutil
+
+    from chexgen.data.manifest import read_manifest
+
+    syn = read_manifest(cohort / "syn.jsonl")
+    work = tmp_path / "w"
+    shutil.copytree(cohort / "syn", work / "syn")
+    (work / "syn" / "s1_0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (work / "syn" / "s2_0.png").unlink()
+    from PIL import Image
+
+    Image.new("L", (8000, 7000)).save(work / "syn" / "s2_1.png")  # 56 MP: above the 50 MP limit
+    lines = [json.dumps(r.to_dict()) for r in syn[:8]]
+    lines.insert(3, "{not json")
+    (work / "syn.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copy(cohort / "real.jsonl", work / "real.jsonl")
+    shutil.copytree(cohort / "real", work / "real")
+    rc = main(["evaluate", "--real", str(work / "real.jsonl"), "--synthetic", str(work / "syn.jsonl"),
+               "--out", str(tmp_path / "out"), "--features", "xrv", "--random-init", "--analysis-size", "64",
+               "--bootstrap", "5", "--distribution-bootstrap", "3", "--no-tsne"])
+    assert rc == 1
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in rejects}
+    assert set(by_id) == {None, "s1_0", "s2_0", "s2_1"}
+    assert by_id[None]["line"] == 4 and "not valid JSON" in by_id[None]["reason"]
+    assert by_id["s1_0"]["line"] == 3 and "cannot read image" in by_id["s1_0"]["reason"]
+    assert "not found" in by_id["s2_0"]["reason"]
+    assert "megapixels, above the limit of 50" in by_id["s2_1"]["reason"]
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert data["inputs"]["n_synthetic"] == 5 and data["rejects"]["count"] == 4  # 8 records, 3 unreadable
+    assert "rejected: 4 records" in capsys.readouterr().out
+
+
+def test_decompression_bomb_is_one_line(tmp_path):
+    from PIL import Image
+
+    from chexgen.data.imageio import load_gray
+    from chexgen.errors import ChexgenError
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (14000, 14000)).save(path)  # 196 MP of zeros: a few kB on disk
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ChexgenError, match="above the limit of 50 megapixels") as err:
+        load_gray(path)
+    assert str(path) in str(err.value) and "196000000 pixels" in str(err.value)
+
+
+def test_non_utf8_and_corrupt_parquet_manifests_exit_2(cohort, tmp_path, capsys):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "a", "image": "a.png", "impression": "\xe9panchement pleural"}\n')
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet PAR1")
+    for bad, message in ((latin, "not UTF-8 text"), (broken, "not a readable Parquet file")):
+        rc = main(["evaluate", "--real", str(cohort / "real.jsonl"), "--synthetic", str(bad),
+                   "--out", str(tmp_path / "out"), "--features", "xrv", "--random-init"])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and str(bad) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_extra_is_one_line(cohort, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['open_clip'] = None\n"  # as if the 'eval' extra were not installed
+            "from chexgen.cli import main\n"
+            f"sys.exit(main(['evaluate', '--real', {str(cohort / 'real.jsonl')!r}, '--synthetic', "
+            f"{str(cohort / 'syn.jsonl')!r}, '--out', {str(tmp_path / 'o')!r}, '--features', 'clip', "
+            "'--random-init']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "pip install 'chexgen[eval]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -118,3 +118,44 @@ def test_converted_folder_generates_with_the_official_sampler(tmp_path, tiny_t5_
     assert 0.0 <= result.images.min() and result.images.max() <= 1.0
     again = pipe([prompt], sampler="official", num_inference_steps=2, seed=3, progress=False)
     torch.testing.assert_close(result.images, again.images)
+
+
+def test_convert_infers_the_scale_and_takes_pos_embed_scale(tmp_path, capsys):
+    sd = official_state_dict(grid=24, scale=1.5)  # 384 px: no official scale
+    ckpt = tmp_path / "chexgen_384.pth"
+    torch.save({"state_dict_ema": sd}, ckpt)
+    assert main(["convert-official", str(ckpt), "--out", str(tmp_path / "a"), "--num-heads", str(HEADS),
+                 "--no-hash"]) == 0
+    assert "384 px, pos-embed scale 1.5" in capsys.readouterr().out
+    assert ChexGenDiT.from_pretrained(str(tmp_path / "a" / "transformer")).config.interpolation_scale == 1.5
+    no_pe = {k: v for k, v in sd.items() if k != "pos_embed"}
+    torch.save({"state_dict_ema": no_pe}, ckpt)
+    assert main(["convert-official", str(ckpt), "--out", str(tmp_path / "b"), "--num-heads", str(HEADS),
+                 "--no-hash"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --resolution" in err
+    assert main(["convert-official", str(ckpt), "--out", str(tmp_path / "b"), "--num-heads", str(HEADS),
+                 "--resolution", "384", "--no-hash"]) == 2
+    assert "pass --pos-embed-scale" in capsys.readouterr().err
+    assert main(["convert-official", str(ckpt), "--out", str(tmp_path / "b"), "--num-heads", str(HEADS),
+                 "--resolution", "384", "--pos-embed-scale", "1.5", "--no-hash"]) == 0
+
+
+def test_every_pass_hint_names_an_existing_option(capsys):
+    """Every "pass --X" in the conversion code's errors is an option of the command."""
+    import re
+
+    import pytest
+
+    import chexgen.models.official as official
+    import chexgen.pipelines.convert_official as convert
+
+    with pytest.raises(SystemExit):
+        main(["convert-official", "--help"])
+    options = set(re.findall(r"(--[a-z][a-z-]*)", capsys.readouterr().out))
+    hinted = set()
+    for module in (official, convert):
+        text = Path(module.__file__).read_text()
+        hinted |= set(re.findall(r"pass (--[a-z][a-z-]*)", text))
+        assert not re.search(r"pass (the scale|num_heads)\b", text)
+    assert hinted and hinted <= options, hinted - options

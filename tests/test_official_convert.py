@@ -351,7 +351,7 @@ def test_paper_size_keys_and_shapes_fit_on_the_meta_device():
     """DiT-XL/2 at 512 px and its 13-block control adapter, checked without allocating any weights."""
     from accelerate import init_empty_weights
 
-    from chexgen.commands.convert_official import _specs
+    from chexgen.pipelines.convert_official import reference_specs as _specs
     from chexgen.models.controlnet import ChexGenControlNet
     from chexgen.models.official import build_empty_transformer, check_keys, map_official_state_dict
 
@@ -396,3 +396,26 @@ def test_paper_size_keys_and_shapes_fit_on_the_meta_device():
     with init_empty_weights():
         adapter = ChexGenControlNet(num_blocks=13, base_depth=28)
     check_keys(mapped_c.state_dict, adapter.state_dict(), mapped_c.unexpected)
+
+
+def test_pos_embed_scale_is_read_off_the_saved_table_at_other_resolutions():
+    """384 px (grid 24) has no official scale: the saved table says 1.5; --pos-embed-scale overrides."""
+    from chexgen.models.official import infer_pos_embed_scale
+
+    sd = official_state_dict(grid=24, scale=1.5)
+    model, arch, _ = load_official_transformer({"state_dict_ema": sd}, num_heads=HEADS)
+    assert (arch.resolution, arch.interpolation_scale) == (384, 1.5)
+    torch.testing.assert_close(model.backbone.pos_embed.pos_embed, sd["pos_embed"], atol=1e-5, rtol=0)
+    for scale in (0.5, 1.0, 2.0, 1.37, 3.0):
+        assert infer_pos_embed_scale(mae_pos_embed(HIDDEN, 24, scale)) == scale
+        assert infer_pos_embed_scale(mae_pos_embed(HIDDEN, 24, scale).half()) == scale
+    assert infer_pos_embed_scale(torch.randn(1, 576, HIDDEN)) is None
+    # the option wins, and a wrong one is caught by the table check, naming the option
+    with pytest.raises(ChexgenError, match=r"matches scale 1\.5: pass --pos-embed-scale 1\.5"):
+        load_official_transformer({"state_dict_ema": sd}, num_heads=HEADS, interpolation_scale=2.0)
+    no_pe = dict(sd)
+    del no_pe["pos_embed"]
+    with pytest.raises(ChexgenError, match="pass --pos-embed-scale"):
+        infer_architecture(no_pe, resolution=384, num_heads=HEADS)
+    assert infer_architecture(no_pe, resolution=384, num_heads=HEADS, interpolation_scale=1.5).interpolation_scale \
+        == 1.5

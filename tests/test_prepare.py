@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +40,7 @@ def test_cli_caches_features_and_lists_corrupt_image(tmp_path, encoders):
     out = tmp_path / "cache"
     rc = main(["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
                "--num-workers", "0", "--shard-size", "2", "--no-progress"])
-    assert rc == 0
+    assert rc == 1  # finished, but something was rejected
     index = read_index(out)
     assert index["num_records"] == 5 and index["num_rejects"] == 1
     assert [sh["count"] for sh in index["shards"]] == [2, 2, 1]
@@ -171,3 +170,69 @@ def test_cli_condition_options_are_recorded_and_checked_on_resume(tmp_path, enco
     # the default drawing leaves the options empty (caches written before the field existed still match)
     assert main(base[:3] + [str(tmp_path / "cache2")] + base[4:]) == 0
     assert read_index(tmp_path / "cache2")["spec"]["condition_options"] == {}
+
+
+def test_bad_manifest_rows_are_rejects_not_aborts(tmp_path, encoders, capsys):
+    """A malformed line, a duplicate id and a zero-area box are listed with file / line; the rest is cached."""
+    vae_dir, _, _ = encoders
+    manifest = make_dataset(tmp_path / "data", n=3, size=32)
+    lines = manifest.read_text().splitlines()
+    lines.insert(1, '{"id": "broken", "image": ')  # line 2: cut JSON
+    lines.append(lines[0])  # line 5: duplicate id r0
+    lines.append(json.dumps({"id": "flat", "image": "images/img0.png", "impression": "x",
+                             "boxes": [{"label": "Nodule", "x0": 5, "y0": 5, "x1": 5, "y1": 9}]}))  # line 6
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cache"
+    rc = main(["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
+               "--num-workers", "0", "--no-progress"])
+    assert rc == 1
+    assert read_index(out)["num_records"] == 3
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"], r["id"]) for r in rejects] == [
+        (str(manifest), 2, None), (str(manifest), 5, "r0"), (str(manifest), 6, "flat")]
+    assert "not valid JSON" in rejects[0]["reason"] and "duplicate id" in rejects[1]["reason"]
+    assert "x0 < x1" in rejects[2]["reason"]
+    assert "rejected: 3 records" in capsys.readouterr().out
+    # a rerun has nothing new to do and still reports the rejects (exit 1), without listing them twice
+    assert main(["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
+                 "--num-workers", "0", "--no-progress"]) == 1
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "holds no records"),
+    (b'{"id": "a", "impression": "caf\xe9"}\n', "not UTF-8 text (byte 0xe9"),
+    (b"not json at all\n", "no usable record"),
+])
+def test_unusable_manifest_exits_2_with_one_line(tmp_path, encoders, capsys, content, message):
+    vae_dir, _, _ = encoders
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(content)
+    out = tmp_path / "cache"
+    rc = main(["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
+               "--num-workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and str(manifest) in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_data_root_refuses_paths_outside_it(tmp_path, encoders):
+    vae_dir, _, _ = encoders
+    manifest = make_dataset(tmp_path / "data", n=2, size=32)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((tmp_path / "data" / "images" / "img0.png").read_bytes())
+    (tmp_path / "data" / "images" / "link.png").symlink_to(secret)
+    lines = manifest.read_text().splitlines()
+    lines.append(json.dumps({"id": "dotdot", "image": "../secret.png", "impression": "x"}))
+    lines.append(json.dumps({"id": "link", "image": "images/link.png", "impression": "x"}))
+    manifest.write_text("\n".join(lines) + "\n")
+    base = ["prepare", str(manifest), "--vae", str(vae_dir), "--resolution", str(RES), "--num-workers", "0",
+            "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "open")]) == 0  # without --data-root: allowed, as before
+    assert read_index(tmp_path / "open")["num_records"] == 4
+    assert main(base + ["--out", str(tmp_path / "cache"), "--data-root", str(tmp_path / "data")]) == 1
+    rejects = [json.loads(x) for x in (tmp_path / "cache" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejects] == ["dotdot", "link"]
+    assert all("outside the data root" in r["reason"] for r in rejects)
+    assert sorted(CachedFeatures(tmp_path / "cache").ids) == ["r0", "r1"]

@@ -127,3 +127,18 @@ def test_audit_missing_image_and_salt_inside(sets, capsys):
     assert "images: FAIL" in out and "syn_0001" in out and "image not found" in out
     assert "salt file" in out and "inside the synthetic set" in out
     assert read_manifest(root / "gone-audit" / "release" / "manifest.jsonl") == []
+
+
+def test_audit_salts_raw_source_ids_when_asked(sets, tmp_path, capsys):
+    root, train, _, others = sets
+    syn = write_synthetic_set(tmp_path / "raw", others[:2], extras=[{"source_id": "gen-src-1"},
+                                                                   {"source_id": "gen-src-2"}])
+    salt = tmp_path / "owner" / "salt.hex"
+    args = ["audit-release", str(syn), "--train", str(train), "--out", str(tmp_path / "a"), "--features",
+            str(CLASSIFIER), "--no-progress", "--salt-file", str(salt)]
+    assert main(args) == 1 and "not a salted hash" in capsys.readouterr().out  # raw ids fail by default
+    assert main(args + ["--salt-source-ids"]) == 0, capsys.readouterr().out
+    released = read_manifest(tmp_path / "a" / "release" / "manifest.jsonl")
+    ids = [r.extra["source_id"] for r in released]
+    assert all(i.startswith("sh1:") for i in ids) and len(set(ids)) == 2 and salt.is_file()
+    assert [r.extra["source_id"] for r in read_manifest(syn)] == ["gen-src-1", "gen-src-2"]  # working copy kept

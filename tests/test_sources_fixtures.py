@@ -81,7 +81,7 @@ def test_mimic_join_sections_split_and_rejects(mimic):
     assert d1.impression == "Small left pleural effusion." and "FINDINGS: Small left pleural effusion" in d1.report
     assert d3.report is None and d1.image == "files/p10/p10000032/s50414267/d1.jpg"
     assert d1.width == 2544 and d1.height == 3056 and d1.patient_id == "10000032"
-    assert [j.row for j in res.rejects] == [4] and "StudyDate" in res.rejects[0].reason
+    assert [j.line for j in res.rejects] == [4] and "StudyDate" in res.rejects[0].reason
     without_iv = load_mimic(cxr, limit=1)
     assert without_iv.records[0].sex is None and len(without_iv.records) == 1
 
@@ -117,7 +117,7 @@ def test_brax_ages_and_labels(tmp_path):
     assert [r.id for r in res.records] == ["brax/images/1", "brax/images/4"]
     assert res.records[0].extra["age_censored"] and res.records[0].age == 85 and res.records[1].age == 40
     assert res.records[0].labels["Cardiomegaly"] == 1 and res.records[0].labels["Edema"] is None
-    assert [j.row for j in res.rejects] == [2, 3]
+    assert [j.line for j in res.rejects] == [2, 3]
 
 
 def test_bimcv_labels_participants_and_images(tmp_path):
@@ -137,7 +137,7 @@ def test_bimcv_labels_participants_and_images(tmp_path):
     assert e1.age == 63 and e1.sex == "F" and e1.patient_id == "sub-S1"
     assert e1.extra["findings"][0]["side"] == "right"
     assert e2.labels["Pneumonia"] == -1 and e2.image is None
-    assert [j.row for j in res.rejects] == [3]
+    assert [j.line for j in res.rejects] == [3]
 
 
 def test_ranzcr_devices_and_lines(tmp_path):
@@ -161,12 +161,12 @@ def test_downstream_sets(tmp_path):
            "L1": {"0": [[1, 1], [2, 2], [3, 1]]}}
     (tmp_path / "annotations.json").write_text(json.dumps(rib))
     r = load_vindr_rib(tmp_path)
-    assert len(r.records) == 1 and set(r.records[0].extra["polygons"]) == {"R1", "L1"} and r.rejects[0].row == 2
+    assert len(r.records) == 1 and set(r.records[0].extra["polygons"]) == {"R1", "L1"} and r.rejects[0].line == 2
 
     (tmp_path / "train.csv").write_text("image_name,annotation\n1.jpg,0 10 10 50 60;2 5 5 20 5 10 30\n2.jpg,\n"
                                         "3.jpg,7 1 2\n")
     o = load_object_cxr(tmp_path)
-    assert [len(x.boxes) for x in o.records] == [2, 0] and o.records[0].boxes[1].y1 == 30 and o.rejects[0].row == 3
+    assert [len(x.boxes) for x in o.records] == [2, 0] and o.records[0].boxes[1].y1 == 30 and o.rejects[0].line == 3
 
     det = [{"file_name": "1.png", "syms": ["Effusion", "Emphysema"], "boxes": [[1, 2, 30, 40], [5, 5, 9, 9]],
             "polygons": [[[1, 2], [30, 40], [1, 40]], []]}, {"file_name": "2.png", "syms": [], "boxes": []},
@@ -181,13 +181,13 @@ def test_downstream_sets(tmp_path):
         "FileName,Geographic Extent (Mean),Lung Opacity (Mean)\n1.jpg,3.5,2.0\n2.jpg,0,0\n3.jpg,9,1\n")
     ra = load_ralo(tmp_path)
     assert [x.severity for x in ra.records] == [3.5, 0.0] and ra.records[1].labels["Lung Opacity"] == 0
-    assert ra.records[0].extra["opacity_score"] == 2.0 and ra.rejects[0].row == 3
+    assert ra.records[0].extra["opacity_score"] == 2.0 and ra.rejects[0].line == 3
 
     ones = ["1" if c in ("nodule", "TB") else "0" for c in MEDFMC_CLASSES]
     (tmp_path / "chest_train.txt").write_text(f"x1.png {' '.join(ones)}\nx2.png {' '.join(['0'] * 19)}\nx3.png 1 0\n")
     m = load_medfmc(tmp_path)
     assert m.records[0].labels["Lung Lesion"] == 1 and m.records[0].extra["other_findings"] == ["tuberculosis"]
-    assert m.records[1].labels["No Finding"] == 1 and m.rejects[0].row == 3
+    assert m.records[1].labels["No Finding"] == 1 and m.rejects[0].line == 3
 
 
 def test_curate_command_on_mimic_with_stage2_selection(mimic, tmp_path, capsys):

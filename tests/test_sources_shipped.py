@@ -41,7 +41,7 @@ def test_nih_bad_rows_are_rejected_with_row_and_reason(tmp_path):
     path = tmp_path / "Data_Entry_2017_v2020.csv"
     path.write_text("\n".join(src) + "\n")
     res = load_nih(path)
-    reasons = {j.row: j.reason for j in res.rejects}
+    reasons = {j.line: j.reason for j in res.rejects}
     assert set(reasons) == {2, 3}
     assert "fifty" in reasons[2] and "Dragon" in reasons[3]
     assert len(res.records) == 3
@@ -72,7 +72,7 @@ def test_chexpert_real_rows_keep_uncertain_and_views(tmp_path):
     lines[2] = lines[2].replace(",87,", ",old,")
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     bad = load_chexpert(tmp_path / "train.csv")
-    assert [j.row for j in bad.rejects] == [1, 2]
+    assert [j.line for j in bad.rejects] == [1, 2]
     assert "not in 1/0/-1" in bad.rejects[0].reason and "old" in bad.rejects[1].reason
 
 
@@ -119,7 +119,7 @@ def test_siim_rle_roundtrip_merge_and_malformed(tmp_path):
     (tmp_path / "train-rle.csv").write_text("ImageId, EncodedPixels\nA,-1\nB,5 3 2\nC,1 x\nD,1048570 100\nE,10 5\n")
     bad = load_siim(tmp_path / "train-rle.csv")
     assert [r.id for r in bad.records] == ["siim/A", "siim/E"]
-    assert [j.row for j in bad.rejects] == [2, 3, 4]
+    assert [j.line for j in bad.rejects] == [2, 3, 4]
     assert "even" in bad.rejects[0].reason and "integer" in bad.rejects[1].reason and "past" in bad.rejects[2].reason
 
 

@@ -59,19 +59,20 @@ def test_config_layers_defaults_preset_file_cli(tmp_path):
         resolve_config(TrainConfig, overrides={"batch_size": 2.5})
 
 
-def test_every_config_key_is_a_documented_option():
-    import argparse
+def test_every_config_key_is_a_documented_option(capsys):
     from dataclasses import fields
 
-    from chexgen.commands import train as train_cmd
+    from chexgen.cli import build_parser
+    from chexgen.training.config import HELP
 
-    parser = argparse.ArgumentParser()
-    train_cmd.add_arguments(parser)
-    actions = {a.dest: a for a in parser._actions}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
     for f in fields(TrainConfig):
-        assert f.name in actions and actions[f.name].help, f.name
-    args = parser.parse_args(["c", "--batch-size", "3", "--no-resume", "--set", "ema_decay=0.5",
-                              "--transformer-overrides", "{depth: 1}"])
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and f.name in HELP and " ".join(HELP[f.name].split())[:40] in text, f.name
+    args = build_parser("train").parse_args(["train", "c", "--batch-size", "3", "--no-resume", "--set",
+                                             "ema_decay=0.5", "--transformer-overrides", "{depth: 1}"])
     from chexgen.training.config import config_from_args
 
     cfg = config_from_args(args, TrainConfig, extra={"data": args.data})
@@ -236,6 +237,31 @@ def test_two_process_cpu_run_keeps_replicas_identical(prepared, tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     saved = load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors"))
     assert all(torch.equal(saved[k], r0[k]) for k in saved)
-    assert (out / "checkpoints" / "step-0000003" / "rng-rank01.pt").is_file()
+    assert (out / "checkpoints" / "step-0000003" / "rng-rank01.safetensors").is_file()
     step2 = load_file(str(out / "checkpoints" / "step-0000002" / "model.safetensors"))
     assert not torch.equal(step2["backbone.proj_out.weight"], saved["backbone.proj_out.weight"])  # it did train
+
+
+class _Proof:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_from_a_tampered_run_folder_runs_no_code(prepared, tmp_path, capsys):
+    """A scheduler.pt holding a pickle payload (as chexgen < this format wrote it) is refused on resume."""
+    _, _, cache = prepared
+    run = tmp_path / "shared_run"
+    args = ["train", str(cache), "--output-dir", str(run), "--transformer-overrides", str(TINY), "--batch-size", "4",
+            "--sample-prompts", "--no-export", "--no-progress", "--checkpoint-every", "0", "--lr-warmup-steps", "0"]
+    assert main(args + ["--max-steps", "2"]) == 0
+    ckpt = run / "checkpoints" / "step-0000002"
+    (ckpt / "scheduler.json").unlink()
+    proof = tmp_path / "proof"
+    torch.save({"last_epoch": _Proof(str(proof))}, ckpt / "scheduler.pt")
+    assert main(args + ["--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "scheduler.pt" in err and len(err.strip().splitlines()) == 1
+    assert not proof.exists()

@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from chexgen import __version__
-from chexgen.errors import ChexgenError
+from chexgen.errors import ChexgenError, missing_extra_message
 
 # name -> (module under chexgen.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except ChexgenError as err:
         print(f"chexgen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra that is not installed: one line, not a traceback
+        message = missing_extra_message(err)
+        if message is None:
+            raise
+        print(f"chexgen {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"chexgen {args.command}: interrupted", file=sys.stderr)

@@ -20,7 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="Randomly initialised extractor (offline pipeline check; SSIM still finds copies).")
     p.add_argument("--salt-file", default=None, metavar="FILE",
-                   help="The salt of the source-id hashes; the audit fails if it lies inside the synthetic set.")
+                   help="The salt of the source-id hashes (made on first use); the audit fails if it lies inside the "
+                        "synthetic set.")
+    p.add_argument("--salt-source-ids", action="store_true",
+                   help="Replace raw extra.source_id values (as `chexgen generate --manifest` writes them, so that "
+                        "evaluate and reader studies can match) by salted hashes in what is released, instead of "
+                        "failing on them. Needs --salt-file.")
     p.add_argument("--reid-model", default=None, metavar="PATH",
                    help="TorchScript re-identification model f(a, b) -> same-patient probability for batches "
                         "[B,1,H,W] in [0,1]; without it the re-identification check is reported missing.")
@@ -47,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                       require_reid=args.require_reid, progress=not args.no_progress)
     result = run_audit_from_options(args.synthetic, args.train, args.out, cfg, features=args.features,
                                     weights=args.weights, random_init=args.random_init, image_size=args.image_size,
-                                    device=args.device, reid_model=args.reid_model, salt_file=args.salt_file)
+                                    device=args.device, reid_model=args.reid_model, salt_file=args.salt_file,
+                                    salt_source_ids=args.salt_source_ids)
     for name, c in result.checks.items():
         print(f"{name}: {c['status'].upper()} ({c.get('n_failed', 0)} records failing)")
     for rid, reasons in result.failures.items():

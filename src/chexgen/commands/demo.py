@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from chexgen.commands._types import finite_float, nonneg_float, nonneg_int, positive_int
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -16,33 +18,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="A demo model folder (pipeline/ + classifier/ + prevalence.yaml) or a "
                    "pipeline folder; default: the model bundled with chexgen.")
     p.add_argument("--classifier", default=None, help="Classifier folder used for the metrics (default: <model>/classifier).")
-    p.add_argument("--n-heldout", type=int, default=d.n_heldout,
+    p.add_argument("--n-heldout", type=positive_int, default=d.n_heldout,
                    help="Held-out phantom cases rendered as the real reference; one image is generated per case.")
     p.add_argument("--heldout-seed", type=int, default=d.heldout_seed,
                    help="Seed of the held-out phantom cohort (the bundled model was trained on seed 0).")
-    p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt,
+    p.add_argument("--images-per-prompt", type=positive_int, default=d.images_per_prompt,
                    help="Images per showcase prompt and per real NLMCXR impression.")
-    p.add_argument("--n-nlmcxr", type=int, default=d.n_nlmcxr,
+    p.add_argument("--n-nlmcxr", type=nonneg_int, default=d.n_nlmcxr,
                    help="Real impressions taken from the Indiana University reports shipped by torchxrayvision (0 = none).")
     p.add_argument("--control", default=None, help="ControlNet adapter folder for the mask / box guided part "
                    "(default: <model>/control when it exists).")
-    p.add_argument("--n-control-masks", type=int, default=d.n_control_masks,
+    p.add_argument("--n-control-masks", type=nonneg_int, default=d.n_control_masks,
                    help="Real SIIM-ACR pneumothorax masks (shipped by torchxrayvision) to generate from (0 = none).")
-    p.add_argument("--n-control-boxes", type=int, default=d.n_control_boxes,
+    p.add_argument("--n-control-boxes", type=nonneg_int, default=d.n_control_boxes,
                    help="Real NIH ChestX-ray14 boxes (shipped by torchxrayvision) to generate from (0 = none).")
-    p.add_argument("--control-images", type=int, default=d.control_images,
+    p.add_argument("--control-images", type=positive_int, default=d.control_images,
                    help="Images per mask / box, each drawn with and without the adapter from the same seed.")
     p.add_argument("--sampler", default=d.sampler, help="Sampler: ddim, iddpm, dpmsolver++ or official (default: the "
                    "model's own; with --pack-*: iddpm, stored as the packed model's default).")
-    p.add_argument("--steps", type=int, default=d.steps, help="Sampling steps (default: the model's own; with --pack-*: "
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="Sampling steps (default: the model's own; with --pack-*: "
                    "50, stored as the packed model's default).")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="Classifier-free guidance scale (default: the "
+    p.add_argument("--guidance", type=nonneg_float, default=d.guidance, help="Classifier-free guidance scale (default: the "
                    "model's own; with --pack-*: stored as the packed model's default).")
     p.add_argument("--seed", type=int, default=d.seed, help="Base seed of the generated images.")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Images per sampling batch.")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="Bootstrap draws for confidence intervals.")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="Images per sampling batch.")
+    p.add_argument("--bootstrap", type=positive_int, default=d.bootstrap, help="Bootstrap draws for confidence intervals.")
     p.add_argument("--device", default=d.device, help="Torch device (cpu, cuda).")
-    p.add_argument("--workers", type=int, default=d.workers, help="Processes rendering the held-out phantom cohort.")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help="Processes rendering the held-out phantom cohort.")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.add_argument("--quick", action="store_true", help="A smoke run in well under a minute: 16 held-out cases, one "
                    "image per prompt, 2 NLMCXR impressions, one SIIM mask and one NIH box, 10 steps, 50 bootstrap "
@@ -55,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pack-control", default=None, help="ControlNet adapter folder (chexgen train-control on the "
                    "packed pipeline) to pack as control/.")
     g.add_argument("--pack-to", default=None, help="Destination demo model folder (weights stored in fp16).")
-    g.add_argument("--pack-clip-latents", type=float, default=5.0, help="Latent clipping stored as the model's "
+    g.add_argument("--pack-clip-latents", type=finite_float, default=5.0, help="Latent clipping stored as the model's "
                    "sampling default (about the largest |latent| of the training cache; <= 0 turns it off).")
 
 

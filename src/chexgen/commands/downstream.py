@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import logging
 
+from chexgen.commands._types import nonneg_float, nonneg_int, positive_float, positive_int
+
 __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
 
 def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.split(",") if t.strip()]
+    return [nonneg_float(t) for t in text.split(",") if t.strip()]
 
 
 def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+    return [nonneg_int(t) for t in text.split(",") if t.strip()]
 
 
 def _strs(text: str) -> list[str]:
@@ -46,20 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "labels (detection); default: those present in the real train split.")
     o.add_argument("--mask", default=None, help="Segmentation mask name in the manifest.")
     o.add_argument("--seeds", type=_ints, default=None, help="Comma-separated seeds, e.g. 0,1,2,3,4.")
-    o.add_argument("--real-fraction", type=float, default=None, help="Fraction of the real train split used.")
+    o.add_argument("--real-fraction", type=positive_float, default=None, help="Fraction of the real train split used.")
     o.add_argument("--multipliers", type=_floats, default=None, help="Augment: synthetic multiples k, e.g. 1,2.")
-    o.add_argument("--pretrain-multiplier", type=float, default=None, help="Pretrain: synthetic set size as a "
+    o.add_argument("--pretrain-multiplier", type=positive_float, default=None, help="Pretrain: synthetic set size as a "
                    "multiple of the real train split.")
     o.add_argument("--fractions", type=_floats, default=None, help="Pretrain: real fractions to fine-tune on.")
     o.add_argument("--shots", type=_ints, default=None, help="Pretrain: k-shot budgets, e.g. 1,5,10.")
-    o.add_argument("--image-size", type=int, default=None, help="Network input side in pixels.")
+    o.add_argument("--image-size", type=positive_int, default=None, help="Network input side in pixels.")
     o.add_argument("--arch", default=None, help="Backbone override (densenet121, resnet18/34/50, densenet-tiny).")
     o.add_argument("--init", default=None, help="auto (ImageNet if cached, else scratch) | imagenet | scratch | PATH.")
-    o.add_argument("--epochs", type=int, default=None, help="Training epochs per run.")
-    o.add_argument("--batch-size", type=int, default=None, help="Batch size.")
-    o.add_argument("--lr", type=float, default=None, help="AdamW learning rate.")
+    o.add_argument("--epochs", type=positive_int, default=None, help="Training epochs per run.")
+    o.add_argument("--batch-size", type=positive_int, default=None, help="Batch size.")
+    o.add_argument("--lr", type=positive_float, default=None, help="AdamW learning rate.")
     o.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N.")
-    o.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy machine).")
+    o.add_argument("--num-threads", type=nonneg_int, default=None, help="torch CPU threads (1 is often fastest on a busy machine).")
     o.add_argument("--progress", action="store_true", help="Show per-epoch progress bars.")
 
 

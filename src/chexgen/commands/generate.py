@@ -57,7 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="Output folder: images/*.png, manifest.jsonl, generation.json. Rerunning resumes.")
-    o.add_argument("--bits", type=int, default=8, choices=(8, 16), help="PNG bit depth.")
+    o.add_argument("--bits", type=int, default=8, choices=(8, 16), help="Bit depth of the PNG / DICOM pixels.")
+    o.add_argument("--format", dest="image_format", default="png", choices=("png", "dicom", "both"),
+                   help="Image files: PNG (images/), synthetic Secondary Capture DICOM (images/*.dcm; needs the "
+                        "'release' extra), or both (PNG in images/, DICOM in dicom/).")
+    o.add_argument("--no-watermark", action="store_true",
+                   help="Do not embed the invisible watermark (chexgen id + image hash) in each image; the opt-out "
+                        "is recorded in every image's provenance. `chexgen verify` reads the watermark back.")
     o.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     g = parser.add_argument_group(
         "spatial control",
@@ -108,7 +114,8 @@ def _options(args: argparse.Namespace):
         column=args.column, manifest=args.manifest, demographic=args.demographic_prompts, model=args.model,
         preset=args.preset, text_encoder=args.text_encoder, device=args.device, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, num_images_per_prompt=args.num_images_per_prompt,
-        batch_size=args.batch_size, seed=args.seed, bits=args.bits, progress=not args.no_progress,
+        batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,
+        watermark=not args.no_watermark, progress=not args.no_progress,
         control_model=args.control_model, conditions=conditions, conditioning_scale=args.conditioning_scale,
     )
 

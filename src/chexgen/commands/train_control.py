@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("data", nargs="?", default=None,
                         help="a `chexgen prepare --conditions` cache folder (condition latents included)")
-    add_config_arguments(parser, ControlTrainConfig, skip=("data", "encode_on_the_fly", "init_from",
+    add_config_arguments(parser, ControlTrainConfig, skip=("data", "data_root", "encode_on_the_fly", "init_from",
                                                            "reinit_null_caption", "transformer_overrides", "vae",
                                                            "preset", "text_field", "resolution", "resize_policy",
                                                            "sample_prompts"))

@@ -5,31 +5,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chexgen.commands._types import nonneg_int
 from chexgen.training.config import VAETrainConfig, add_config_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="?", default=None, help="manifest (JSONL / Parquet) of training images")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    parser.add_argument("--limit", type=nonneg_int, default=None, help="use only the first N records")
     add_config_arguments(parser, VAETrainConfig, skip=("data",))
 
 
 def run(args: argparse.Namespace) -> int:
-    from chexgen.data.manifest import read_manifest
-    from chexgen.errors import ChexgenError
     from chexgen.training.trainer import make_accelerator, train
     from chexgen.training.vae_task import build_vae_task
 
     cfg = config_from_args(args, VAETrainConfig, extra={"data": args.data})
-    if not cfg.data:
-        raise ChexgenError("train-vae: give a manifest of images")
-    records = read_manifest(cfg.data)[: args.limit]
+    task = build_vae_task(cfg, limit=args.limit)
     accelerator = make_accelerator(cfg)
-    result = train(build_vae_task(cfg, records, Path(cfg.data).parent), accelerator)
+    result = train(task, accelerator)
     if accelerator.is_main_process:
         logs = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
         print(f"trained to step {result.step} (stopped by {result.stopped_by}; {result.steps_per_second:.2f} steps/s)"
               f"{'; ' + logs if logs else ''}")
+        print(f"rejected: {task.rejected} records (listed in {Path(cfg.output_dir) / 'rejects.jsonl'})"
+              if task.rejected else "rejected: no records")
         if result.export_dir:
             print(f"VAE: {result.export_dir}  (chexgen prepare --vae {result.export_dir}; chexgen train --vae ...)")
-    return 0
+    return 1 if task.rejected else 0

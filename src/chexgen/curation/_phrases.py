@@ -9,21 +9,28 @@ over random metadata. Templates take ``{sev}``, ``{sev_adv}``, ``{loc_adj}``,
 
 from __future__ import annotations
 
+from chexgen.data.vocabulary import SEVERITIES, ZONES
+
 # ---------------------------------------------------------------------------
 # Phrase bank. Each positive template gets {sev} (severity word, may be ""),
 # {loc_adj} (e.g. "right lower zone", may be "") and {loc} (e.g. " in the
 # right lower zone", may be ""). Double spaces are squeezed afterwards.
 # ---------------------------------------------------------------------------
 
-SEV_WORDS: dict[str, dict[str, str]] = {
-    "default": {"small": "small", "moderate": "moderate", "large": "large"},
-    "Cardiomegaly": {"small": "mild", "moderate": "moderate", "large": "marked"},
-    "Enlarged Cardiomediastinum": {"small": "mild", "moderate": "moderate", "large": "marked"},
-    "Edema": {"small": "mild", "moderate": "moderate", "large": "severe"},
-    "Atelectasis": {"small": "mild", "moderate": "moderate", "large": "extensive"},
-    "Pleural Other": {"small": "mild", "moderate": "moderate", "large": "extensive"},
-    "Consolidation": {"small": "small", "moderate": "moderate", "large": "extensive"},
+# Severity words for (small, moderate, large) of chexgen.data.vocabulary.SEVERITIES, by label.
+_SEVERITY_WORDS: dict[str, tuple[str, str, str]] = {
+    "default": ("small", "moderate", "large"),
+    "Cardiomegaly": ("mild", "moderate", "marked"),
+    "Enlarged Cardiomediastinum": ("mild", "moderate", "marked"),
+    "Edema": ("mild", "moderate", "severe"),
+    "Atelectasis": ("mild", "moderate", "extensive"),
+    "Pleural Other": ("mild", "moderate", "extensive"),
+    "Consolidation": ("small", "moderate", "extensive"),
 }
+SEV_WORDS: dict[str, dict[str, str]] = {label: dict(zip(SEVERITIES, words)) for label, words in _SEVERITY_WORDS.items()}
+
+# How each zone of chexgen.data.vocabulary.ZONES is written.
+ZONE_WORDS: dict[str, str] = dict(zip(ZONES, ("upper zone", "mid zone", "lower zone")))
 
 POSITIVE: dict[str, tuple[str, ...]] = {
     "Enlarged Cardiomediastinum": (

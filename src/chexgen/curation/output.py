@@ -1,4 +1,4 @@
-"""Fast writing of large curated manifests and their rejects.
+"""Fast writing of large curated manifests.
 
 :func:`chexgen.data.manifest.write_manifest` builds each row with
 ``dataclasses.asdict``, which deep-copies every nested value: ~10x slower than
@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject
 from chexgen.utils import atomic_path
 
-__all__ = ["record_row", "write_curated_manifest", "write_rejects"]
+__all__ = ["record_row", "write_curated_manifest"]
 
 _KEEP_EMPTY = ("id", "synthetic")
 _NESTED = ("labels", "masks", "boxes", "provenance", "extra")
@@ -81,14 +80,3 @@ def write_curated_manifest(path: str | os.PathLike, records: Sequence[Record], c
                     f.write(json.dumps(record_row(r), ensure_ascii=False))
                     f.write("\n")
     return len(records)
-
-
-def write_rejects(path: str | os.PathLike, rejects: Iterable[Reject]) -> int:
-    """Write rejects as JSONL (source, file, row, id, reason), atomically."""
-    n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rj in rejects:
-                f.write(json.dumps(rj.to_dict(), ensure_ascii=False) + "\n")
-                n += 1
-    return n

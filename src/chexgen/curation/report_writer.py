@@ -16,7 +16,7 @@ impression). Two writers share one interface, :class:`ReportWriter`:
   OpenAI-compatible HTTP API.
 
 Optional precision comes from ``record.extra["findings"]``: a list of dicts
-``{"label", "side", "severity", "zone", "kind"}`` (see :class:`FindingDetail`)
+``{"label", "side", "severity", "zone", "kind"}`` (a :class:`chexgen.data.vocabulary.Finding`)
 that lets the writer say "Moderate right pleural effusion." instead of
 "Pleural effusion.". ``record.extra["other_findings"]`` (a list of short
 names such as ``"emphysema"``) carries source findings outside the 14-label
@@ -32,32 +32,24 @@ from __future__ import annotations
 
 import random
 import re
-from functools import lru_cache
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from chexgen.curation import _phrases as P
 from chexgen.curation.extractor import extract_labels
-from chexgen.data.labels import LABELS, normalize_label_name
+from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
+from chexgen.data.vocabulary import Finding
 from chexgen.errors import ChexgenError
 
 __all__ = [
     "Report",
     "ReportWriter",
-    "FindingDetail",
     "TemplateReportWriter",
     "finding_details",
-    "SIDES",
-    "SEVERITIES",
-    "ZONES",
 ]
-
-SIDES = ("left", "right", "bilateral")
-SEVERITIES = ("small", "moderate", "large")
-ZONES = ("upper", "middle", "lower")
-
 
 @dataclass
 class Report:
@@ -90,42 +82,14 @@ class ReportWriter(ABC):
         return self
 
 
-@dataclass(frozen=True)
-class FindingDetail:
-    """Where and how large a finding is; every field but ``label`` is optional."""
-
-    label: str
-    side: str | None = None
-    severity: str | None = None
-    zone: str | None = None
-    kind: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "finding") -> "FindingDetail":
-        if not isinstance(d, dict) or "label" not in d:
-            raise ChexgenError(f"{where}: expected an object with a 'label', got {d!r}")
-        try:
-            label = normalize_label_name(d["label"])
-        except KeyError as e:
-            raise ChexgenError(f"{where}: {str(e).strip(chr(34) + chr(39))}") from None
-        for key, allowed in (("side", SIDES), ("severity", SEVERITIES), ("zone", ZONES)):
-            v = d.get(key)
-            if v is not None and v not in allowed:
-                raise ChexgenError(f"{where}: '{key}' must be one of {allowed} or null, got {v!r}")
-        kind = d.get("kind")
-        if kind is not None and not isinstance(kind, str):
-            raise ChexgenError(f"{where}: 'kind' must be a string or null, got {kind!r}")
-        return cls(label, d.get("side"), d.get("severity"), d.get("zone"), kind)
-
-
-def finding_details(record: Record) -> dict[str, list[FindingDetail]]:
+def finding_details(record: Record) -> dict[str, list[Finding]]:
     """Parse ``record.extra["findings"]`` into details per label (labels not held by the record are dropped)."""
     raw = (record.extra or {}).get("findings") or []
     if not isinstance(raw, list):
         raise ChexgenError(f"record {record.id}: extra.findings must be a list, got {type(raw).__name__}")
-    out: dict[str, list[FindingDetail]] = {}
+    out: dict[str, list[Finding]] = {}
     for i, d in enumerate(raw):
-        det = FindingDetail.from_dict(d, where=f"record {record.id}: extra.findings[{i}]")
+        det = Finding.from_dict(d, where=f"record {record.id}: extra.findings[{i}]")
         if record.labels.get(det.label) in (1, -1):  # never phrase what the labels do not hold
             out.setdefault(det.label, []).append(det)
     return out
@@ -165,12 +129,12 @@ def _join_or(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
-def _loc_words(det: FindingDetail | None) -> tuple[str, str, str, str]:
+def _loc_words(det: Finding | None) -> tuple[str, str, str, str]:
     """(loc_adj, loc, side_adj, side_loc) for a detail, all "" when unknown."""
     if det is None:
         return "", "", "", ""
     side, zone = det.side, det.zone
-    zone_w = {"upper": "upper zone", "middle": "mid zone", "lower": "lower zone"}.get(zone or "", "")
+    zone_w = P.ZONE_WORDS.get(zone or "", "")
     if side == "bilateral":
         side_adj, side_loc = "bilateral", " bilaterally"
         loc_adj = f"bilateral {zone_w}".strip()
@@ -186,7 +150,7 @@ def _loc_words(det: FindingDetail | None) -> tuple[str, str, str, str]:
     return loc_adj, loc, side_adj, side_loc
 
 
-def _kind_word(label: str, det: FindingDetail | None) -> str:
+def _kind_word(label: str, det: Finding | None) -> str:
     kind = (det.kind if det else None) or ""
     if label == "Lung Lesion":
         return {"mass": "mass", "nodule": "nodule", "nodules": "nodules"}.get(kind, "nodule")
@@ -196,7 +160,7 @@ def _kind_word(label: str, det: FindingDetail | None) -> str:
 
 
 @lru_cache(maxsize=65536)
-def _fill(template: str, label: str, det: FindingDetail | None) -> str:
+def _fill(template: str, label: str, det: Finding | None) -> str:
     sev = ""
     if det is not None and det.severity:
         sev = P.SEV_WORDS.get(label, P.SEV_WORDS["default"])[det.severity]
@@ -259,7 +223,7 @@ class TemplateReportWriter(ReportWriter):
         return _pick(rng, options)
 
     # -- findings --------------------------------------------------------------
-    def _positive_sentences(self, label: str, value: int, dets: list[FindingDetail],
+    def _positive_sentences(self, label: str, value: int, dets: list[Finding],
                             rng: random.Random) -> list[str]:
         if label == "Support Devices":
             if value == -1:
@@ -283,7 +247,7 @@ class TemplateReportWriter(ReportWriter):
             out.append(_fill(_pick(rng, opts), label, det))
         return list(dict.fromkeys(out))
 
-    def _impression_sentences(self, label: str, value: int, dets: list[FindingDetail],
+    def _impression_sentences(self, label: str, value: int, dets: list[Finding],
                               rng: random.Random) -> list[str]:
         """Compact wording for the impression: finding word, side and severity, nothing else."""
         if label == "Support Devices":

@@ -184,7 +184,7 @@ def _box_row(kind: str, row: list[str], cols: dict[str, int], where: str, width:
         except ChexgenError as e:
             raise ChexgenError(f"{where}: {e}") from None
         if w is None or h is None:
-            raise ChexgenError(f"{where}: image size unknown; add width,height columns or pass the frame size")
+            raise ChexgenError(f"{where}: image size unknown; add width,height columns to the box CSV")
         return image_id, box, w, h
     except IndexError:
         raise ChexgenError(f"{where}: too few columns ({len(row)}) for the header") from None

@@ -31,9 +31,34 @@ from PIL import Image, PngImagePlugin
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 
-__all__ = ["load_gray", "fit_square", "quantize", "save_png", "read_png_text", "RESIZE_POLICIES", "DICOM_SUFFIXES"]
+__all__ = ["load_gray", "fit_square", "quantize", "save_png", "read_png_text", "RESIZE_POLICIES", "DICOM_SUFFIXES",
+           "MAX_IMAGE_PIXELS", "max_image_pixels"]
 
 RESIZE_POLICIES = ("crop", "pad")
+
+#: Largest image chexgen decodes, in pixels (width x height): 50 megapixels, e.g. 7000 x 7000. The
+#: largest chest radiographs (43 x 43 cm detectors at 100 um) are about 4300 x 4300 = 18.5 MP, so
+#: this leaves room for any real radiograph while refusing decompression bombs (a few-kB PNG that
+#: inflates to gigabytes) before a single pixel is decoded. Override with $CHEXGEN_MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: $CHEXGEN_MAX_IMAGE_PIXELS if set, else :data:`MAX_IMAGE_PIXELS`."""
+    value = os.environ.get("CHEXGEN_MAX_IMAGE_PIXELS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ChexgenError(f"$CHEXGEN_MAX_IMAGE_PIXELS={value!r}: expected an integer") from None
+    return MAX_IMAGE_PIXELS
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise ChexgenError(f"{path}: image is {width} x {height} = {width * height / 1e6:.1f} megapixels, above the "
+                           f"limit of {limit / 1e6:g} megapixels (set $CHEXGEN_MAX_IMAGE_PIXELS to raise it)")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
@@ -55,6 +80,7 @@ def _load_dicom(path: Path) -> np.ndarray:
     ds = pydicom.dcmread(str(path))
     if "PixelData" not in ds:
         raise ChexgenError(f"{path}: DICOM file has no pixel data")
+    _check_size(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0))
     arr = ds.pixel_array
     if arr.ndim == 3:  # multi-frame: take the first frame; colour DICOM is not a radiograph
         if getattr(ds, "SamplesPerPixel", 1) != 1:
@@ -73,6 +99,7 @@ def _load_dicom(path: Path) -> np.ndarray:
 def _load_raster(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            _check_size(path, *im.size)  # before decoding: the header alone says how big it would be
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -85,6 +112,9 @@ def _load_raster(path: Path) -> np.ndarray:
             if mode != "L":
                 im = im.convert("L")
             return np.asarray(im, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as e:  # Pillow's own, larger limit (checked inside Image.open)
+        raise ChexgenError(f"{path}: image is above the limit of {max_image_pixels() / 1e6:g} megapixels "
+                           f"(refused as a decompression bomb: {e})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ChexgenError(f"{path}: cannot read image ({e})") from None
 

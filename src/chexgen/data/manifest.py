@@ -7,18 +7,27 @@ are JSON strings there). Image and mask paths are stored as written; relative
 paths are resolved against the manifest file's folder (:meth:`Record.resolve`).
 
 Reading validates every line and raises :class:`~chexgen.errors.ChexgenError`
-naming the file, the line and the field that is wrong.
+naming the file, the line and the field that is wrong; with a
+:class:`~chexgen.data.rejects.RejectLog` it lists bad records there instead and
+keeps going (the house rule for long jobs). A file that is not UTF-8, not valid
+Parquet, or holds no usable record is unusable input either way.
+
+Paths can be confined: with ``data_root`` every image and mask path must resolve
+(symlinks followed) to a file inside that folder (:func:`resolve_within`), so a
+manifest cannot make a job or a server read ``../../../../etc/passwd``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from chexgen.data.labels import LABELS, normalize_label_name, validate_label_value
+from chexgen.data.rejects import RejectLog
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 
@@ -31,8 +40,12 @@ __all__ = [
     "SPLITS",
     "read_manifest",
     "iter_manifest",
+    "iter_manifest_lines",
+    "read_manifest_lines",
     "write_manifest",
     "record_from_dict",
+    "resolve_within",
+    "check_record_paths",
 ]
 
 VIEWS = ("PA", "AP", "LAT", "LL")
@@ -98,10 +111,18 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- convenience ---------------------------------------------------------
-    def resolve(self, path: str | None, root: str | os.PathLike | None) -> Path | None:
-        """Resolve a stored (possibly relative) path against the manifest folder ``root``."""
+    def resolve(self, path: str | None, root: str | os.PathLike | None,
+                data_root: str | os.PathLike | None = None) -> Path | None:
+        """Resolve a stored (possibly relative) path against the manifest folder ``root``.
+
+        With ``data_root``, the result must lie inside that folder once symlinks
+        are followed (:func:`resolve_within`); a path escaping it raises
+        :class:`~chexgen.errors.ChexgenError`. Servers always pass it.
+        """
         if path is None:
             return None
+        if data_root is not None:
+            return resolve_within(path, root, data_root)
         p = Path(path)
         if not p.is_absolute() and root is not None:
             p = Path(root) / p
@@ -117,6 +138,36 @@ class Record:
 
 
 _FIELD_NAMES = {f.name for f in fields(Record)}
+
+
+def resolve_within(path: str | os.PathLike, root: str | os.PathLike | None,
+                   data_root: str | os.PathLike) -> Path:
+    """``path`` (relative to ``root``) as a real path that must lie inside ``data_root``.
+
+    Symlinks are followed (``os.path.realpath``) before the check, so a link
+    inside ``data_root`` pointing outside it is refused too, and so is
+    ``../../etc/passwd``. Returns the real path, which is what the caller should
+    open (checking one path and opening another would let a swapped link through).
+    """
+    p = Path(path)
+    if not p.is_absolute() and root is not None:
+        p = Path(root) / p
+    real = Path(os.path.realpath(p))
+    base = Path(os.path.realpath(data_root))
+    if real != base and base not in real.parents:
+        raise ChexgenError(f"path {str(path)!r} resolves to {real}, outside the data root {base} "
+                           "(--data-root); refusing to read it")
+    return real
+
+
+def check_record_paths(record: "Record", root: str | os.PathLike | None, data_root: str | os.PathLike) -> None:
+    """Raise :class:`~chexgen.errors.ChexgenError` if the image or a mask path of ``record`` leaves ``data_root``."""
+    for what, value in [("image", record.image)] + [(f"masks[{i}]", m.path) for i, m in enumerate(record.masks)]:
+        if value is not None:
+            try:
+                resolve_within(value, root, data_root)
+            except ChexgenError as e:
+                raise _err(f"record {record.id!r}", what, str(e)) from None
 
 
 def _err(where: str, fieldname: str, msg: str) -> ChexgenError:
@@ -195,8 +246,8 @@ def record_from_dict(d: dict[str, Any], where: str = "<record>") -> Record:
         except TypeError as e:
             raise _err(where, f"boxes[{i}]", str(e)) from None
         coords = (box.x0, box.y0, box.x1, box.y1)
-        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords):
-            raise _err(where, f"boxes[{i}]", f"coordinates must be numbers, got {coords}")
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
+            raise _err(where, f"boxes[{i}]", f"coordinates must be finite numbers, got {coords}")
         if box.x1 <= box.x0 or box.y1 <= box.y0:
             raise _err(where, f"boxes[{i}]", f"expected x0 < x1 and y0 < y1, got {coords}")
         boxes.append(box)
@@ -218,31 +269,90 @@ def _is_parquet(path: Path) -> bool:
 _NESTED = ("labels", "masks", "boxes", "provenance", "extra")
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[Record]:
-    """Yield validated records of a JSONL or Parquet manifest, one at a time."""
+def _read_parquet(path: Path):
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401 - pandas' parquet engine; a clear message when it is missing
+    except ImportError:
+        raise ChexgenError(f"{path}: reading Parquet needs pandas and pyarrow (pip install pyarrow)") from None
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a corrupt file
+        raise ChexgenError(f"{path}: not a readable Parquet file ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise ChexgenError(f"{path}: line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                           f"{e.start + 1}); save the manifest as UTF-8") from None
+
+
+def iter_manifest(path: str | os.PathLike, rejects: RejectLog | None = None) -> Iterator[Record]:
+    """Yield validated records of a JSONL or Parquet manifest, one at a time.
+
+    Without ``rejects`` the first bad record raises :class:`~chexgen.errors.ChexgenError`;
+    with it, bad records (invalid JSON, invalid fields) are added there and skipped.
+    Encoding and format errors always raise: the file as a whole is unusable.
+    """
+    for _, record in iter_manifest_lines(path, rejects):
+        yield record
+
+
+def iter_manifest_lines(path: str | os.PathLike, rejects: RejectLog | None = None) -> Iterator[tuple[int, Record]]:
+    """Like :func:`iter_manifest`, yielding ``(line, record)``: the JSONL line or Parquet row (1-based)."""
     path = Path(path)
     if not path.is_file():
         raise ChexgenError(f"{path}: manifest not found")
-    if _is_parquet(path):
-        import pandas as pd
 
-        frame = pd.read_parquet(path)
+    def build(d: Any, where: str, line: int) -> Record | None:
+        try:
+            return record_from_dict(d, where=where)
+        except ChexgenError as e:
+            if rejects is None:
+                raise
+            rid = d.get("id") if isinstance(d, dict) and isinstance(d.get("id"), (str, int)) else None
+            rejects.add(path, line, str(e).removeprefix(f"{where}: "), id=None if rid is None else str(rid))
+            return None
+
+    if _is_parquet(path):
+        frame = _read_parquet(path)
         for i, row in enumerate(frame.to_dict(orient="records"), start=1):
             d = {k: v for k, v in row.items() if not _is_missing(v)}
-            for key in _NESTED:
-                if isinstance(d.get(key), str):
-                    d[key] = json.loads(d[key])
-            yield record_from_dict(d, where=f"{path}: row {i}")
+            where = f"{path}: row {i}"
+            try:
+                for key in _NESTED:
+                    if isinstance(d.get(key), str):
+                        d[key] = json.loads(d[key])
+            except json.JSONDecodeError as e:
+                err = ChexgenError(f"{where}: field {key!r}: not valid JSON ({e.msg})")
+                if rejects is None:
+                    raise err from None
+                rejects.add(path, i, str(err).removeprefix(f"{where}: "), id=str(d.get("id")) if d.get("id") else None)
+                continue
+            rec = build(d, where, i)
+            if rec is not None:
+                yield i, rec
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode_line(raw, path, lineno)
             if not line.strip():
                 continue
+            where = f"{path}: line {lineno}"
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ChexgenError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            yield record_from_dict(d, where=f"{path}: line {lineno}")
+                msg = f"not valid JSON ({e.msg} at column {e.colno})"
+                if rejects is None:
+                    raise ChexgenError(f"{where}: {msg}") from None
+                rejects.add(path, lineno, msg)
+                continue
+            rec = build(d, where, lineno)
+            if rec is not None:
+                yield lineno, rec
 
 
 def _is_missing(v: Any) -> bool:
@@ -252,14 +362,50 @@ def _is_missing(v: Any) -> bool:
         return False
 
 
-def read_manifest(path: str | os.PathLike) -> list[Record]:
-    """Read a whole manifest (JSONL or Parquet) into memory, validating every record."""
-    records = list(iter_manifest(path))
+def read_manifest(path: str | os.PathLike, rejects: RejectLog | None = None,
+                  data_root: str | os.PathLike | None = None) -> list[Record]:
+    """Read a whole manifest (JSONL or Parquet) into memory, validating every record.
+
+    See :func:`read_manifest_lines` for ``rejects`` and ``data_root``.
+    """
+    return [r for _, r in read_manifest_lines(path, rejects, data_root)]
+
+
+def read_manifest_lines(path: str | os.PathLike, rejects: RejectLog | None = None,
+                        data_root: str | os.PathLike | None = None) -> list[tuple[int, Record]]:
+    """Read a whole manifest as ``(line, record)`` pairs (line: JSONL line or Parquet row, 1-based).
+
+    Args:
+        rejects: collect bad records (invalid lines, duplicate ids, paths outside
+            ``data_root``) here and leave them out, instead of raising on the first;
+            if every record is bad, the manifest is unusable and this raises.
+        data_root: refuse image / mask paths that resolve outside this folder
+            (symlinks followed); relative paths are resolved against the manifest's folder.
+    """
+    path = Path(path)
+    before = len(rejects) if rejects is not None else 0
+    records: list[tuple[int, Record]] = []
     seen: dict[str, int] = {}
-    for i, r in enumerate(records, start=1):
+    for line, r in iter_manifest_lines(path, rejects):
+        problem = None
+        unit = "row" if _is_parquet(path) else "line"
         if r.id in seen:
-            raise ChexgenError(f"{path}: record {i}: duplicate id {r.id!r} (first at record {seen[r.id]})")
-        seen[r.id] = i
+            problem = f"duplicate id {r.id!r} (first at {unit} {seen[r.id]})"
+        elif data_root is not None:
+            try:
+                check_record_paths(r, path.parent, data_root)
+            except ChexgenError as e:
+                problem = str(e)
+        if problem is not None:
+            if rejects is None:
+                raise ChexgenError(f"{path}: {unit} {line}: {problem}")
+            rejects.add(path, line, problem, id=r.id)
+            continue
+        seen[r.id] = line
+        records.append((line, r))
+    if rejects is not None and not records and len(rejects) > before:
+        first = rejects.entries[before]
+        raise ChexgenError(f"{path}: no usable record ({len(rejects) - before} rejected; first: {first})")
     return records
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
+from chexgen.data.vocabulary import severity_at, side_at, zone_at
 from chexgen.errors import ChexgenError
 
 __all__ = ["ControlExample", "real_control_examples", "condition_impression", "localisation_ratio", "one_hot_labels"]
@@ -79,9 +80,9 @@ def condition_impression(cond: ConditionInput, label: str, seed: int = 0) -> str
 
     labels = one_hot_labels(label)
     x, y, area = _centroid(cond)
-    side = "right" if x < 0.5 else "left"
-    zone = "upper" if y < 0.42 else ("middle" if y < 0.6 else "lower")
-    severity = "small" if area < 0.02 else ("moderate" if area < 0.08 else "large")
+    side = side_at(x)
+    zone = zone_at(y, edges=(0.42, 0.6))
+    severity = severity_at(area, edges=(0.02, 0.08))
     detail = {"label": label, "severity": severity}
     if label in ("Pneumothorax", "Pleural Effusion"):
         detail["side"] = side

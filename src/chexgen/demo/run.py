@@ -38,8 +38,9 @@ import numpy as np
 from chexgen.assets import RETRAIN_HINT, demo_model_dir
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record, write_manifest
-from chexgen.data.provenance import image_provenance, synthetic_png_text
+from chexgen.data.provenance import image_provenance
 from chexgen.errors import ChexgenError
+from chexgen.evaluation.metrics.classification import finite_mean
 
 __all__ = ["DemoConfig", "bundled_model_dir", "run_demo", "evaluate_demo_model", "nlmcxr_prompts"]
 
@@ -163,14 +164,13 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], cfg: DemoConfi
 
 def _synthetic_records(sources: Sequence[Record], prompts: Sequence[str], seeds: Sequence[int], images: np.ndarray,
                        out: Path, group: str, provenance: dict[str, Any]) -> list[Record]:
-    from chexgen.data.imageio import save_png
+    from chexgen.generation.writer import write_synthetic_png
 
     recs = []
     for k, (src, prompt, seed, img) in enumerate(zip(sources, prompts, seeds, images)):
         rid = f"{group}_{k:04d}"
         rel = f"images/{group}/{rid}.png"
-        prov = image_provenance(provenance, prompt, seed)
-        save_png(out / rel, img, text=synthetic_png_text(prov))
+        prov = write_synthetic_png(out / rel, img, rid, image_provenance(provenance, prompt, seed))
         recs.append(Record(
             id=rid, image=rel, dataset="chexgen-demo", view=src.view, sex=src.sex, age=src.age, race=src.race,
             width=img.shape[1], height=img.shape[0], labels=dict(src.labels), impression=prompt, synthetic=True,
@@ -196,10 +196,9 @@ def evaluate_demo_model(
     (both as the suite computed them), next to the demo's two references: the same AUROC on the real held-out
     images (true labels) and the FID between two halves of the real set.
     """
-    from chexgen.evaluation.correctness import compute_per_class_auroc
     from chexgen.evaluation.features import ClassifierExtractor
-    from chexgen.evaluation.fid import compute_fid
     from chexgen.evaluation.matching import label_matrix
+    from chexgen.evaluation.metrics import compute_fid, compute_per_class_auroc
     from chexgen.evaluation.suite import EvaluationConfig, evaluate_sets, set_from_arrays
 
     ext = ClassifierExtractor(classifier, input_size=classifier.input_size, class_names=classifier.class_names,
@@ -227,20 +226,14 @@ def evaluate_demo_model(
         "trained_findings": list(trained),
         "auroc_generated_per_class": gen_auc,
         "auroc_real_per_class": real_auc,
-        "auroc_generated_mean": _nanmean(gen_auc.values()),
-        "auroc_real_mean": _nanmean(real_auc.values()),
+        "auroc_generated_mean": finite_mean(gen_auc.values()),
+        "auroc_real_mean": finite_mean(real_auc.values()),
         "fid_real_vs_generated": float(results["metrics"]["fid"]["value"]),
         "fid_real_half_vs_half": float(compute_fid(rf[perm[:half]], rf[perm[half:]])),
         "n_real": len(heldout),
         "n_generated": len(synthetic),
     }
     return results, figures
-
-
-def _nanmean(values) -> float:
-    arr = np.asarray(list(values), dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")
 
 
 def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_prompt: int, section: str):
@@ -256,6 +249,7 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
     from chexgen.data.imageio import save_png
+    from chexgen.generation.writer import write_synthetic_png
     from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
@@ -286,15 +280,15 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
     for i, ex in enumerate(examples):
         idx = list(range(i * k, (i + 1) * k))
         ratios = [localisation_ratio(on_img[j], off_img[j], drawn[j] > 0) for j in idx]
-        ratio = _nanmean(ratios)
+        ratio = finite_mean(ratios)
         rows.append({"condition_id": ex.condition.id, "source": ex.source, "label": ex.label, "prompt": ex.prompt,
                      "area_fraction": float((drawn[idx[0]] > 0).mean()), "localisation_ratio": ratio})
         fig_rows.append([drawn[idx[0]], *off_img[idx], *on_img[idx]])
         for j in idx:
             rid = f"control_{j:04d}"
             rel, cond_rel = f"images/control/{rid}.png", f"images/control/{rid}_condition.png"
-            prov = image_provenance(control_provenance, ex.prompt, seeds[j], ex.condition.id)
-            save_png(out / rel, on_img[j], text=synthetic_png_text(prov))
+            prov = write_synthetic_png(out / rel, on_img[j], rid,
+                                       image_provenance(control_provenance, ex.prompt, seeds[j], ex.condition.id))
             save_png(out / cond_rel, drawn[j])
             records.append(Record(
                 id=rid, image=rel, dataset="chexgen-demo", view="PA", width=on_img.shape[2], height=on_img.shape[1],
@@ -303,10 +297,10 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                 extra={"condition_source": f"{ex.source} (torchxrayvision)", "condition_id": ex.condition.id,
                        "condition_image": cond_rel},
             ))
-    by_source = {src: _nanmean(r["localisation_ratio"] for r in rows if r["source"] == src)
+    by_source = {src: finite_mean(r["localisation_ratio"] for r in rows if r["source"] == src)
                  for src in dict.fromkeys(r["source"] for r in rows)}
     summary = {"adapter": str(control_dir), "n_conditions": len(rows), "images_per_condition": k,
-               "localisation_ratio_mean": _nanmean(r["localisation_ratio"] for r in rows),
+               "localisation_ratio_mean": finite_mean(r["localisation_ratio"] for r in rows),
                "localisation_ratio_by_source": by_source, "examples": rows}
     caption = (f"Each row: the condition as the adapter sees it, {k} image(s) without the adapter, then the same "
                f"seed(s) with it. Rows: " + " | ".join(f"{i + 1}: {r['source']}, “{r['prompt']}”"
@@ -343,11 +337,12 @@ def _demo_tables(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo (see module doc); returns the path of ``report.html``."""
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
-    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
     from chexgen.data.manifest import read_manifest
     from chexgen.downstream.classifier import load_classifier
     from chexgen.evaluation.report import write_report
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.pipelines import ChexGenPipeline
 
     t0 = time.perf_counter()
@@ -367,7 +362,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     # 1. held-out phantom cohort: the ground truth the generated images are compared with
     cohort = CohortConfig(n=cfg.n_heldout, size=pipe.config.resolution, seed=cfg.heldout_seed,
                           prevalence=str(prevalence) if prevalence else "mimic", workers=cfg.workers)
-    info = write_cohort(cohort, out / "heldout_phantom", progress=cfg.progress)
+    info = write_cohort(cohort, out / "heldout_phantom", TemplateReportWriter(seed=cohort.seed), progress=cfg.progress)
     heldout = read_manifest(info["manifest"])
     root = Path(info["manifest"]).parent
     heldout_images = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])

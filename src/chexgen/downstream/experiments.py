@@ -59,7 +59,7 @@ def _cached_or_run(path: Path, job: Callable[[], dict[str, Any]]) -> dict[str, A
         log.info("resume: %s exists, skipping", path)
         return json.loads(path.read_text(encoding="utf-8"))
     result = job()
-    atomic_write_json(path, result)
+    atomic_write_json(path, result, nan_as_null=True)
     return result
 
 
@@ -150,7 +150,7 @@ def run_augment(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[str
                     primary, out / "augment.png", title=f"real {cfg.real_fraction:g} + synthetic")
     result = {"experiment": "augment", "task": cfg.task, "primary_metric": primary, "classes": cfg.classes,
               "seeds": cfg.seeds, "summaries": summaries, "runs": runs}
-    atomic_write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result, nan_as_null=True)
     result["table_markdown"] = md
     return result
 
@@ -199,7 +199,8 @@ def run_pretrain(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[st
             res = fit(cfg.model_spec(), pre_set, test, pre_cfg, seed=seed, keep_model=True)
             with atomic_path(state_path, suffix=".pt") as tmp:
                 torch.save(res.state_dict, tmp)
-            atomic_write_json(pre_file, _fit_record(res, seed=seed, n_train=len(pre_set), shortfall=plan.shortfall))
+            atomic_write_json(pre_file, _fit_record(res, seed=seed, n_train=len(pre_set), shortfall=plan.shortfall),
+                              nan_as_null=True)
         runs.setdefault("pretrain", []).append(json.loads(pre_file.read_text(encoding="utf-8")))
         for bname, budget in _budgets(cfg):
             if isinstance(budget, float):
@@ -249,7 +250,7 @@ def run_pretrain(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[st
         _gradcam_cases(cfg, cohort, out, runs)
     result = {"experiment": "pretrain", "task": cfg.task, "primary_metric": primary, "classes": cfg.classes, "seeds": cfg.seeds,
               "inits": inits, "skipped_inits": skipped, "summaries": summaries, "runs": runs}
-    atomic_write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result, nan_as_null=True)
     result["table_markdown"] = md
     return result
 
@@ -357,7 +358,7 @@ def run_fairness(cfg: ExperimentConfig, cohort: Cohort | None = None) -> dict[st
     _fairness_plots(runs, out)
     result = {"experiment": "fairness", "task": cfg.task, "classes": cfg.classes, "seeds": cfg.seeds, "summary": summary,
               "per_seed": per_seed, "runs": runs}
-    atomic_write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result, nan_as_null=True)
     result["table_markdown"] = md
     return result
 

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from chexgen.data.manifest import Record
-from chexgen.downstream.metrics import auroc_per_class, weighted_f1
 from chexgen.downstream.sampling import group_value
+from chexgen.evaluation.metrics import compute_auroc, finite_mean, pearson_test, weighted_f1
 
 __all__ = ["GroupMetric", "subgroup_metrics", "gap_summary", "subgroup_correlation"]
 
@@ -71,15 +71,14 @@ def subgroup_metrics(
     out = []
     for (attr, name), idx in _groups(records, attributes, intersections).items():
         t, s = targets[idx], scores[idx]
-        aucs = [a for a in auroc_per_class(t, s) if not math.isnan(a)]
         out.append(
             GroupMetric(
                 group=name,
                 attribute=attr,
                 n=len(idx),
                 positives=int((t > 0.5).sum()),
-                f1_weighted=weighted_f1(t, s, threshold),
-                auroc=float(np.mean(aucs)) if aucs else float("nan"),
+                f1_weighted=weighted_f1(s, t, threshold),
+                auroc=finite_mean(compute_auroc(s, t)),
             )
         )
     return out
@@ -108,15 +107,8 @@ def gap_summary(groups: Sequence[GroupMetric], metric: str = "auroc", min_size: 
 
 def subgroup_correlation(real: Sequence[GroupMetric], synthetic: Sequence[GroupMetric], metric: str = "f1_weighted", min_size: int = 10) -> dict:
     """Pearson r between real-test and synthetic-test values of ``metric`` over the shared groups."""
-    from scipy.stats import pearsonr
-
     syn = {g.group: g for g in synthetic if g.n >= min_size}
     pairs = [(getattr(g, metric), getattr(syn[g.group], metric)) for g in real if g.n >= min_size and g.group in syn]
     pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
-    r, p = float("nan"), float("nan")
-    if len(pairs) >= 3:
-        a, b = np.asarray(pairs).T
-        if a.std() > 0 and b.std() > 0:
-            res = pearsonr(a, b)
-            r, p = float(res[0]), float(res[1])
+    r, p = pearson_test(*np.asarray(pairs, dtype=np.float64).reshape(-1, 2).T, min_pairs=3)
     return {"metric": metric, "pearson_r": r, "p": p, "groups": len(pairs)}

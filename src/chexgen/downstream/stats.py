@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from chexgen.evaluation.stats import paired_wilcoxon
+
 __all__ = ["Summary", "summarize", "wilcoxon_p", "format_mean_sd"]
 
 
@@ -37,17 +39,19 @@ def summarize(values: Sequence[float]) -> Summary:
 def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p of paired runs ``a`` vs ``b`` (nan if fewer than 2 pairs).
 
-    Pairs with a nan on either side are dropped; identical runs (all differences zero) give p = 1.
+    Pairs with a nan (or None) on either side are dropped; identical runs (all differences zero)
+    give p = 1 here, where :func:`chexgen.evaluation.stats.paired_wilcoxon` (the test itself)
+    leaves it undefined: a seed table reads "no difference" rather than "n/a".
     """
-    from scipy.stats import wilcoxon
-
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
-    if len(pairs) < 2:
+    pairs = np.asarray([(np.nan if u is None else u, np.nan if v is None else v) for u, v in zip(a, b)],
+                       dtype=np.float64).reshape(-1, 2)
+    x, y = pairs[:, 0], pairs[:, 1]
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 2:
         return float("nan")
-    d = np.asarray([x - y for x, y in pairs])
-    if np.allclose(d, 0):
+    if np.allclose(x[keep] - y[keep], 0):
         return 1.0
-    return float(wilcoxon(d, alternative="two-sided", zero_method="wilcox").pvalue)
+    return paired_wilcoxon(x[keep], y[keep])["p_value"]
 
 
 def format_mean_sd(s: Summary, digits: int = 3) -> str:

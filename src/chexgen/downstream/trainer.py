@@ -157,11 +157,11 @@ def predict(task: str, model: torch.nn.Module, loader: DataLoader, device: torch
 
 def score(task: str, outputs: dict[str, Any], classes: tuple[str, ...], threshold: float = 0.5) -> dict[str, float]:
     if task == "classification":
-        return classification_metrics(outputs["targets"], outputs["scores"], classes, threshold)
+        return classification_metrics(outputs["scores"], outputs["targets"], classes, threshold)
     if task == "regression":
-        return regression_metrics(outputs["targets"], outputs["scores"])
+        return regression_metrics(outputs["scores"], outputs["targets"])
     if task == "segmentation":
-        return segmentation_metrics(outputs["targets"], outputs["scores"])
+        return segmentation_metrics(outputs["scores"], outputs["targets"])
     return detection_metrics(outputs["preds"], outputs["targets"], classes)
 
 

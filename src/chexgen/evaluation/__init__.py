@@ -1,9 +1,10 @@
 """chexgen.evaluation: fidelity, diversity, factual correctness, control adherence, memorisation.
 
 Metrics are plain functions on feature arrays / image tensors (plus a few
-accumulating classes); feature extraction is separate
-(:mod:`chexgen.evaluation.features`); :mod:`chexgen.evaluation.suite` runs
-everything on two manifests and writes the report.
+accumulating classes), all in :mod:`chexgen.evaluation.metrics`; feature
+extraction is separate (:mod:`chexgen.evaluation.features`);
+:mod:`chexgen.evaluation.suite` runs everything on two manifests and writes the
+report.
 
     from chexgen.evaluation import compute_fid, ClassifierExtractor, extract_features
     fid = compute_fid(real_features, synthetic_features)
@@ -17,18 +18,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    # fid.py
-    "compute_fid": "fid", "compute_kid": "fid", "frechet_distance": "fid", "feature_stats": "fid",
-    "matrix_sqrt_psd": "fid", "trace_sqrt_product": "fid", "FIDMetric": "fid",
-    # precision_recall.py
-    "compute_precision_recall": "precision_recall", "PrecisionRecall": "precision_recall",
-    # similarity.py
-    "ssim_pairs": "similarity", "ms_ssim_pairs": "similarity", "compute_diversity": "similarity",
-    "DiversityMetric": "similarity", "DiversityResult": "similarity",
-    # correctness.py
-    "pearson": "correctness", "compute_score_correlation": "correctness", "compute_per_class_auroc": "correctness",
+    # metrics/: every metric (pure functions + accumulators)
+    **{name: "metrics" for name in (
+        "compute_fid", "compute_kid", "frechet_distance", "feature_stats", "matrix_sqrt_psd", "trace_sqrt_product",
+        "FIDMetric", "compute_precision_recall", "PrecisionRecall", "ssim_pairs", "ms_ssim_pairs", "compute_ssim",
+        "compute_diversity", "DiversityMetric", "DiversityResult", "pearson", "pearson_test",
+        "compute_score_correlation", "compute_auroc", "compute_per_class_auroc", "weighted_f1", "dice_iou",
+        "compute_dice", "boxes_to_mask", "box_iou_matrix", "best_box_iou", "compute_map50",
+    )},
     # control.py
-    "dice_iou": "control", "boxes_to_mask": "control", "box_iou_matrix": "control", "best_box_iou": "control",
     "compute_mask_adherence": "control", "segment_images": "control", "decode_rle": "control",
     # memorisation.py
     "compute_memorisation": "memorisation", "nearest_by_feature": "memorisation",

@@ -313,10 +313,7 @@ class InceptionV3Extractor(FeatureExtractor):
 
     def __init__(self, weights_path: str | None = None, device="cpu"):
         super().__init__(device)
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError:
-            raise ChexgenError("the inception extractor needs torch-fidelity: pip install torch-fidelity") from None
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         if weights_path is not None and not os.path.isfile(weights_path):
             raise ChexgenError(f"--weights {weights_path}: Inception-v3 weights file not found")
         try:

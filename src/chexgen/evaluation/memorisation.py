@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chexgen.evaluation.similarity import as_image_batch, ssim_pairs
+from chexgen.evaluation.metrics.similarity import as_image_batch, ssim_pairs
 
 __all__ = ["MemorisationResult", "nearest_by_feature", "compute_memorisation"]
 

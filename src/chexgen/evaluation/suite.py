@@ -28,18 +28,25 @@ import numpy as np
 import torch
 
 from chexgen.data.imageio import fit_square, load_gray
-from chexgen.data.manifest import Record, read_manifest
+from chexgen.data.manifest import Record, read_manifest_lines
+from chexgen.data.rejects import RejectLog
 from chexgen.errors import ChexgenError
-from chexgen.evaluation.control import boxes_to_mask, compute_mask_adherence, decode_rle, segment_images
-from chexgen.evaluation.correctness import compute_per_class_auroc, compute_score_correlation, pearson
+from chexgen.evaluation.control import compute_mask_adherence, decode_rle, segment_images
 from chexgen.evaluation.features import FeatureExtractor, FeatureSet, extract_features
-from chexgen.evaluation.fid import compute_fid, compute_kid
 from chexgen.evaluation.matching import group_key, label_matrix, match_to_real
 from chexgen.evaluation.memorisation import compute_memorisation
+from chexgen.evaluation.metrics import (
+    boxes_to_mask,
+    compute_diversity,
+    compute_fid,
+    compute_kid,
+    compute_per_class_auroc,
+    compute_precision_recall,
+    compute_score_correlation,
+    pearson,
+)
 from chexgen.evaluation.plots import compute_tsne, finding_of, grid_png, tsne_plot_png
-from chexgen.evaluation.precision_recall import compute_precision_recall
 from chexgen.evaluation.report import Figure, write_report
-from chexgen.evaluation.similarity import compute_diversity
 from chexgen.evaluation.stats import bootstrap_ci, bootstrap_two_sample_ci, paired_wilcoxon
 
 log = logging.getLogger(__name__)
@@ -98,26 +105,48 @@ def load_set(
     extractor: FeatureExtractor,
     cfg: EvaluationConfig,
     name: str,
+    rejects: RejectLog | None = None,
+    record_lines: dict[str, int] | None = None,
 ) -> LoadedSet:
-    """Load every record's image (``Record.resolve`` against ``root``), extract features, keep small copies."""
+    """Load every record's image (``Record.resolve`` against ``root``), extract features, keep small copies.
+
+    Without ``rejects`` the first missing or unreadable image raises; with it, such
+    records are listed there (file ``name``, line from ``record_lines``) and left out.
+    """
     root = Path(root)
-    small, shapes = [], []
+    small, shapes, kept = [], [], []
+    lines = record_lines or {}
 
     def images():
         for rec in records:
-            if rec.image is None:
-                raise ChexgenError(f"{name} manifest: record {rec.id!r} has no image path")
-            path = rec.resolve(rec.image, root)
-            if not path.is_file():
-                raise ChexgenError(f"{name} manifest: record {rec.id!r}: image not found: {path}")
-            img = load_gray(path)
+            try:
+                if rec.image is None:
+                    raise ChexgenError(f"{name} manifest: record {rec.id!r} has no image path")
+                path = rec.resolve(rec.image, root)
+                if not path.is_file():
+                    raise ChexgenError(f"{name} manifest: record {rec.id!r}: image not found: {path}")
+                img = load_gray(path)
+                if not np.isfinite(img).all():
+                    raise ChexgenError(f"{path}: image has non-finite pixels")
+            except ChexgenError as e:
+                if rejects is None:
+                    raise
+                rejects.add(name, lines.get(rec.id), str(e).removeprefix(f"{name} manifest: "), id=rec.id)
+                continue
+            kept.append(rec)
             shapes.append(img.shape)
             small.append(fit_square(img, cfg.analysis_size, "crop").astype(np.float16))
             yield fit_square(img, extractor.input_size, "crop")
 
-    feats = extract_features(extractor, _Sized(images(), len(records)), batch_size=cfg.batch_size,
-                             progress=cfg.progress, desc=f"{name} features")
-    return LoadedSet(name=name, records=list(records), features=feats, images=np.stack(small), shapes=shapes,
+    try:
+        feats = extract_features(extractor, _Sized(images(), len(records)), batch_size=cfg.batch_size,
+                                 progress=cfg.progress, desc=f"{name} features")
+    except ValueError as e:
+        if not kept:
+            raise ChexgenError(f"{name}: no readable image ({len(records)} records"
+                               f"{', all rejected' if rejects is not None else ''})") from None
+        raise ChexgenError(f"{name}: {e}") from None
+    return LoadedSet(name=name, records=kept, features=feats, images=np.stack(small), shapes=shapes,
                      root=root)
 
 
@@ -451,27 +480,53 @@ def evaluate_manifests(
     compare_manifest: str | os.PathLike | None = None,
     train_manifest: str | os.PathLike | None = None,
     segmenter: Callable | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> dict:
-    """Load the manifests, evaluate, write ``report.html`` + ``metrics.json`` into ``out_dir``; return results."""
+    """Load the manifests, evaluate, write ``report.html`` + ``metrics.json`` into ``out_dir``; return results.
+
+    Bad records (invalid lines, duplicate ids, missing or unreadable images, paths
+    outside ``data_root``) are left out and listed in ``out_dir/rejects.jsonl``;
+    ``results["rejects"]`` counts them and names the file.
+    """
     cfg = cfg or EvaluationConfig()
+    rejects = RejectLog()
+
+    def read(path: Path, limit: int | None) -> list[tuple[int, Record]]:
+        return read_manifest_lines(path, rejects=rejects, data_root=data_root)[:limit]
+
+    def load(pairs: list[tuple[int, Record]], path: Path) -> LoadedSet:
+        return load_set([r for _, r in pairs], path.parent, extractor, cfg, str(path), rejects=rejects,
+                        record_lines={r.id: line for line, r in pairs})
+
     real_p, syn_p = Path(real_manifest), Path(synthetic_manifest)
-    syn_recs = read_manifest(syn_p)[: cfg.max_images]
-    real_recs = _order_real(read_manifest(real_p), syn_recs, cfg.max_images)
-    if len(real_recs) < 2 or len(syn_recs) < 2:
-        raise ChexgenError(f"need at least 2 images per manifest, got {len(real_recs)} real and {len(syn_recs)} "
+    syn_pairs = read(syn_p, cfg.max_images)
+    real_all = read(real_p, None)
+    by_id = {r.id: line for line, r in real_all}
+    real_recs = _order_real([r for _, r in real_all], [r for _, r in syn_pairs], cfg.max_images)
+    real_pairs = [(by_id[r.id], r) for r in real_recs]
+    if len(real_pairs) < 2 or len(syn_pairs) < 2:
+        raise ChexgenError(f"need at least 2 images per manifest, got {len(real_pairs)} real and {len(syn_pairs)} "
                            "synthetic")
-    real = load_set(real_recs, real_p.parent, extractor, cfg, str(real_p))
-    syn = load_set(syn_recs, syn_p.parent, extractor, cfg, str(syn_p))
+    real = load(real_pairs, real_p)
+    syn = load(syn_pairs, syn_p)
+    if len(real.records) < 2 or len(syn.records) < 2:
+        raise ChexgenError(f"need at least 2 readable images per manifest, got {len(real.records)} real and "
+                           f"{len(syn.records)} synthetic ({len(rejects)} rejected)")
     compare = None
     if compare_manifest is not None:
         cp = Path(compare_manifest)
-        compare = load_set(read_manifest(cp)[: cfg.max_images], cp.parent, extractor, cfg, str(cp))
+        compare = load(read(cp, cfg.max_images), cp)
     train = None
     if train_manifest is not None:
         tp = Path(train_manifest)
-        train = load_set(read_manifest(tp)[: cfg.max_images], tp.parent, extractor, cfg, str(tp))
+        train = load(read(tp, cfg.max_images), tp)
     results, figures = evaluate_sets(real, syn, cfg, train=train, compare=compare, segmenter=segmenter,
                                      extractor_info=extractor.describe())
+    rejects_path = rejects.write(Path(out_dir) / "rejects.jsonl")
+    results["rejects"] = {"count": len(rejects), "file": str(rejects_path)}
+    if rejects:
+        results.setdefault("warnings", []).append(f"{len(rejects)} records rejected (listed in {rejects_path})")
     json_path, html_path = write_report(out_dir, results, figures)
-    results["outputs"] = {"metrics_json": str(json_path), "report_html": str(html_path)}
+    results["outputs"] = {"metrics_json": str(json_path), "report_html": str(html_path),
+                          "rejects": str(rejects_path)}
     return results

@@ -16,7 +16,8 @@ What a run does:
 Output folder::
 
     generation.json      run settings; a rerun with different settings is refused
-    images/<id>.png      single-channel 8- or 16-bit PNGs, marked synthetic with provenance
+    images/<id>.png      single-channel 8- or 16-bit PNGs, marked synthetic with provenance and an
+                         invisible watermark (``images/<id>.dcm`` for DICOM only; ``dicom/`` for both)
     conditions/, masks/, boxes.coco.json    with spatial conditions
     manifest.jsonl       chexgen Records with synthetic=True and provenance
     rejects.jsonl        conditions that could not be used (only when there were any)
@@ -147,6 +148,8 @@ def generate_to_folder(
     progress: bool = True,
     extra_settings: dict[str, Any] | None = None,
     rejects: Sequence[dict[str, Any]] = (),
+    image_format: str = "png",
+    watermark: bool = True,
 ) -> GenerationResult:
     """Generate this process's share of the plan into ``out_dir`` (see the module docstring).
 
@@ -154,6 +157,8 @@ def generate_to_folder(
     condition's own text). ``barrier`` (e.g. ``PartialState().wait_for_everyone``) synchronises
     processes. ``extra_settings`` join ``generation.json`` (and are compared on resume).
     ``rejects``: inputs already rejected while reading (they join ``rejects.jsonl``).
+    ``image_format``: ``png``, ``dicom`` or ``both``; ``watermark``: embed the invisible watermark
+    (on by default; turning it off is recorded in every image's provenance).
     """
     from tqdm.auto import tqdm
 
@@ -173,7 +178,7 @@ def generate_to_folder(
         backend.settings(), seed=int(seed), num_images_per_prompt=num_images_per_prompt, bits=bits,
         resolution=backend.resolution, prompts_sha256=prompts_digest(items),
         conditions_sha256=conditions_digest(conditions) if conditions is not None else None,
-        batch_size=batch_size, **(extra_settings or {}),
+        batch_size=batch_size, image_format=image_format, watermark=bool(watermark), **(extra_settings or {}),
     )
     stored = check_settings(out, settings)
     if stored is not None and stored.get("batch_size", batch_size) != batch_size:
@@ -193,7 +198,7 @@ def generate_to_folder(
     run_provenance = {k: v for k, v in backend.settings().items()}
     run_provenance["chexgen_version"] = settings["chexgen_version"]
     writer = OutputWriter(out, backend.resolution, run_provenance, bits=bits, policy=backend.condition_policy,
-                          palette=backend.condition_palette)
+                          palette=backend.condition_palette, image_format=image_format, watermark=watermark)
     mine = shard_batches(plan_batches(plan, batch_size), rank, world)
     planned = sum(len(b) for b in mine)
     generated = 0

@@ -31,7 +31,8 @@ class GenerateOptions:
     texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
     model / preset / text_encoder / device: the generator. control_model / conditions /
     conditioning_scale: spatial control. sampler / steps / guidance (None = the model's defaults),
-    num_images_per_prompt, batch_size, seed: sampling. out / bits / progress: output.
+    num_images_per_prompt, batch_size, seed: sampling. out / bits / image_format (png, dicom, both) /
+    watermark / progress: output.
     """
 
     out: Path
@@ -51,6 +52,8 @@ class GenerateOptions:
     batch_size: int = 8
     seed: int = 0
     bits: int = 8
+    image_format: str = "png"
+    watermark: bool = True
     progress: bool = True
     control_model: Path | None = None
     conditions: ConditionOptions = field(default_factory=ConditionOptions)
@@ -132,6 +135,12 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
         raise ChexgenError(f"--out {out} exists and is not a folder")
     if opts.bits not in (8, 16):
         raise ChexgenError(f"--bits must be 8 or 16, got {opts.bits}")
+    if opts.image_format not in ("png", "dicom", "both"):
+        raise ChexgenError(f"--format must be png, dicom or both, got {opts.image_format!r}")
+    if opts.image_format != "png":
+        from chexgen.release.dicom import require_dicom_writer
+
+        require_dicom_writer()
     control_dir = _control_model(opts)
     if control_dir is not None and opts.preset is not None:
         raise ChexgenError("--preset cannot be combined with --control-model")
@@ -157,5 +166,5 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
         backend, items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed, bits=opts.bits,
         batch_size=opts.batch_size, conditions=conditions, rank=state.process_index, world=state.num_processes,
         barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
-        rejects=rejects,
+        rejects=rejects, image_format=opts.image_format, watermark=opts.watermark,
     )

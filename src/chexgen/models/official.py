@@ -84,6 +84,7 @@ __all__ = [
     "assign_weights",
     "official_state_dict_keys",
     "DEFAULT_CONTROL_LAYOUT",
+    "infer_pos_embed_scale",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,8 +253,9 @@ def infer_architecture(sd: Mapping[str, Tensor], *, resolution: int | None = Non
     The latent size comes from ``pos_embed`` (N = (size / patch)^2) or, without
     it, from ``resolution``; if both are given they must agree. The pos-embed
     scale follows the resolution (1.0 at 256 px, 2.0 at 512 px) unless
-    ``interpolation_scale`` is given. ``num_heads`` defaults to width / 72, the
-    official head size.
+    ``interpolation_scale`` is given; at other resolutions it is read off the saved
+    ``pos_embed`` (:func:`infer_pos_embed_scale`). ``num_heads`` defaults to width / 72,
+    the official head size.
     """
     xw = _need(sd, "x_embedder.proj.weight", 4)
     hidden, in_ch, patch = int(xw.shape[0]), int(xw.shape[1]), int(xw.shape[2])
@@ -268,7 +270,7 @@ def infer_architecture(sd: Mapping[str, Tensor], *, resolution: int | None = Non
     sample_from_res = None
     if resolution is not None:
         if resolution % (VAE_DOWNSAMPLE * patch):
-            raise ChexgenError(f"resolution {resolution} is not a multiple of {VAE_DOWNSAMPLE * patch}")
+            raise ChexgenError(f"--resolution {resolution} is not a multiple of {VAE_DOWNSAMPLE * patch}")
         sample_from_res = resolution // VAE_DOWNSAMPLE
     sample_from_pe = None
     if "pos_embed" in sd:
@@ -284,18 +286,29 @@ def infer_architecture(sd: Mapping[str, Tensor], *, resolution: int | None = Non
         )
     sample = sample_from_pe if sample_from_pe is not None else sample_from_res
     if sample is None:
-        raise ChexgenError("the checkpoint has no pos_embed; pass --resolution 256 or 512")
+        raise ChexgenError("the checkpoint has no pos_embed; pass --resolution (256 or 512 for the official models)")
     res = sample * VAE_DOWNSAMPLE
     if interpolation_scale is None:
-        if res not in POS_EMBED_SCALE_BY_RESOLUTION:
+        if res in POS_EMBED_SCALE_BY_RESOLUTION:
+            interpolation_scale = POS_EMBED_SCALE_BY_RESOLUTION[res]
+        elif "pos_embed" in sd:
+            interpolation_scale = infer_pos_embed_scale(sd["pos_embed"])
+            if interpolation_scale is None:
+                raise ChexgenError(
+                    f"no official pos-embed scale for {res} px (known: {sorted(POS_EMBED_SCALE_BY_RESOLUTION)}) "
+                    "and the checkpoint's saved pos_embed is not a sin-cos table of any scale; "
+                    "pass --pos-embed-scale")
+            logger.info("pos-embed scale %s at %d px, read off the checkpoint's saved pos_embed",
+                        interpolation_scale, res)
+        else:
             raise ChexgenError(
-                f"no official pos-embed scale for {res} px (known: {sorted(POS_EMBED_SCALE_BY_RESOLUTION)}); "
-                "pass the scale explicitly"
-            )
-        interpolation_scale = POS_EMBED_SCALE_BY_RESOLUTION[res]
+                f"no official pos-embed scale for {res} px (known: {sorted(POS_EMBED_SCALE_BY_RESOLUTION)}) and "
+                "no saved pos_embed to read it from; pass --pos-embed-scale")
+    if not (math.isfinite(interpolation_scale) and interpolation_scale > 0):
+        raise ChexgenError(f"--pos-embed-scale must be a positive number, got {interpolation_scale}")
     if num_heads is None:
         if hidden % OFFICIAL_HEAD_DIM:
-            raise ChexgenError(f"width {hidden} is not a multiple of the official head size 72; pass num_heads")
+            raise ChexgenError(f"width {hidden} is not a multiple of the official head size 72; pass --num-heads")
         num_heads = hidden // OFFICIAL_HEAD_DIM
     if hidden % num_heads:
         raise ChexgenError(f"width {hidden} is not divisible by num_heads {num_heads}")
@@ -486,6 +499,43 @@ def _tolerance(dtype: torch.dtype) -> float:
     return 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
 
 
+def infer_pos_embed_scale(saved: Tensor) -> float | None:
+    """The scale ``s`` whose sin-cos table (positions ``arange(G) / s``) is ``saved``; None if there is none.
+
+    Reads the phase of every frequency at the last grid position, from the lowest
+    frequency (unambiguous) up, unwrapping each against the previous estimate; then
+    snaps to a round value (eighths, then 3 decimals) when that reproduces the table
+    within the tolerance of its dtype, and checks the result against the whole table.
+    """
+    tol = _tolerance(saved.dtype)
+    table = saved.detach().double().reshape(-1, saved.shape[-1])
+    n, hidden = table.shape
+    grid = math.isqrt(n)
+    if grid * grid != n or grid < 2 or hidden % 4:
+        return None
+    half = hidden // 4  # frequencies per axis; each axis has sin (half) then cos (half)
+    last = table[-1]  # position (grid - 1, grid - 1): the same coordinate on both axes
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    x = None
+    for k in reversed(range(half)):
+        phase = math.atan2(float(last[k]), float(last[half + k]))
+        if x is None:
+            x = phase / float(omega[k])
+        else:
+            turns = round((x * float(omega[k]) - phase) / (2 * math.pi))
+            x = (phase + 2 * math.pi * turns) / float(omega[k])
+    if x is None or x <= 0:
+        return None
+    estimate = (grid - 1) / x
+    for candidate in (round(estimate * 8) / 8, round(estimate, 3), estimate):
+        if candidate <= 0:
+            continue
+        table_c = official_pos_embed(hidden, grid, candidate)[0].double()
+        if (table_c - table).abs().max().item() <= tol:
+            return float(candidate)
+    return None
+
+
 def check_pos_embed(saved: Tensor, computed: Tensor, resolution: int | None = None) -> None:
     """Check the checkpoint's saved pos-embed against the one chexgen recomputes.
 
@@ -501,13 +551,14 @@ def check_pos_embed(saved: Tensor, computed: Tensor, resolution: int | None = No
     err = (saved - computed).abs().max().item()
     if err <= tol:
         return
-    hidden, grid = saved.shape[1], math.isqrt(saved.shape[0])
-    matches = [s for s in (0.25, 0.5, 1.0, 2.0, 4.0)
-               if (official_pos_embed(hidden, grid, s)[0] - saved).abs().max().item() <= tol]
+    match = infer_pos_embed_scale(saved)
     where = f" at {resolution} px" if resolution else ""
-    found = f"; the saved table matches scale {matches[0]}" if matches else ""
-    raise ChexgenError(f"official pos_embed differs from the recomputed one{where} (max abs diff {err:.3g})"
-                       f"{found}; pass the scale explicitly if the checkpoint was trained with it")
+    if match is not None:
+        raise ChexgenError(f"official pos_embed differs from the recomputed one{where} (max abs diff {err:.3g}); "
+                           f"the saved table matches scale {match}: pass --pos-embed-scale {match} if the "
+                           "checkpoint was trained with it")
+    raise ChexgenError(f"official pos_embed differs from the recomputed one{where} (max abs diff {err:.3g}) and "
+                       "is not a sin-cos table of any scale; is this an official ChexGen / PixArt checkpoint?")
 
 
 # =========================================================================== loading

@@ -7,7 +7,10 @@ Checks (each pass / fail, re-identification also *missing*):
     names under ``extra``; :mod:`chexgen.release.identifiers`) in the
     synthetic manifest, its provenance, PNG text chunks or DICOM headers;
     ``extra.source_id`` must be a salted hash (``sh1:...``); the salt file
-    (``salt_file``) must not lie inside the synthetic set's folder.
+    (``salt_file``) must not lie inside the synthetic set's folder. With
+    ``salt_source_ids`` raw source ids are replaced by salted hashes in what is
+    checked and released, so the working manifest can keep the real ids that
+    evaluation and reader studies match on.
 (b) **memorisation**: the nearest training image of every synthetic one by
     feature and by SSIM (:func:`chexgen.evaluation.memorisation.compute_memorisation`);
     flagged near copies fail and are shown side by side with their training
@@ -48,8 +51,15 @@ from chexgen.data.imageio import fit_square, load_gray
 from chexgen.data.manifest import Record, read_manifest, write_manifest
 from chexgen.errors import ChexgenError
 from chexgen.release.files import read_image_file
-from chexgen.release.identifiers import (dicom_texts, find_identifiers, identifier_index, is_salted_id,
-                                         record_texts)
+from chexgen.release.identifiers import (
+    dicom_texts,
+    find_identifiers,
+    identifier_index,
+    is_salted_id,
+    load_salt,
+    record_texts,
+    salted_id,
+)
 from chexgen.release.watermark import detect_watermark
 
 __all__ = ["AuditConfig", "AuditResult", "ReidScorer", "audit_release", "build_audit_extractor", "load_reid_model",
@@ -263,6 +273,16 @@ def _write_release(out: Path, root: Path, records: list[Record]) -> Path:
     return final
 
 
+def _salt_source_ids(records: list[Record], salt: bytes) -> list[Record]:
+    out = []
+    for rec in records:
+        src = (rec.extra or {}).get("source_id")
+        if src is not None and not is_salted_id(src):
+            rec = dataclasses.replace(rec, extra={**rec.extra, "source_id": salted_id(str(src), salt)})
+        out.append(rec)
+    return out
+
+
 def audit_release(
     synthetic_manifest: str | os.PathLike,
     train_manifest: str | os.PathLike,
@@ -271,8 +291,13 @@ def audit_release(
     cfg: AuditConfig | None = None,
     reid: ReidScorer | None = None,
     salt_file: str | os.PathLike | None = None,
+    salt_source_ids: bool = False,
 ) -> AuditResult:
-    """Run every check (see the module doc), write the report and ``OUT/release/``; return the result."""
+    """Run every check (see the module doc), write the report and ``OUT/release/``; return the result.
+
+    ``salt_source_ids`` (needs ``salt_file``): replace raw ``extra.source_id`` values by salted hashes in
+    what is checked and released, instead of failing on them.
+    """
     from chexgen import __version__
     from chexgen.evaluation.report import write_report
 
@@ -287,6 +312,12 @@ def audit_release(
     train_records = read_manifest(train_path)[: cfg.max_train]
     if not syn_records:
         raise ChexgenError(f"{syn_path}: no records")
+    if salt_source_ids:
+        if salt_file is None:
+            raise ChexgenError("--salt-source-ids needs --salt-file (the salt stays with the data owner)")
+        # The working manifest keeps the real source ids (evaluation and reader studies match on them);
+        # what is released carries them only as salted hashes, the salt staying with the data owner.
+        syn_records = _salt_source_ids(syn_records, load_salt(salt_file, create=True))
     result = AuditResult(checks={c: {"status": "pass", "n_failed": 0} for c in CHECKS})
     warnings: list[str] = []
     if salt_file is not None and _inside(Path(salt_file), syn_path.parent):
@@ -404,11 +435,12 @@ def load_reid_model(path: str | os.PathLike) -> ReidScorer:
 def run_audit_from_options(synthetic_manifest, train_manifest, out_dir, cfg: AuditConfig, features: str = "xrv",
                            weights: str | None = None, random_init: bool = False, image_size: int = 224,
                            device: str = "cpu", reid_model: str | None = None,
-                           salt_file: str | None = None) -> AuditResult:
+                           salt_file: str | None = None, salt_source_ids: bool = False) -> AuditResult:
     """:func:`audit_release` with the extractor and re-identification model named by command-line options."""
     for p, what in ((synthetic_manifest, "synthetic"), (train_manifest, "--train")):
         if not Path(p).is_file():
             raise ChexgenError(f"{what} manifest {p}: not found")
     reid = load_reid_model(reid_model) if reid_model else None
     extractor = build_audit_extractor(features, weights, random_init, image_size, device)
-    return audit_release(synthetic_manifest, train_manifest, out_dir, extractor, cfg, reid=reid, salt_file=salt_file)
+    return audit_release(synthetic_manifest, train_manifest, out_dir, extractor, cfg, reid=reid, salt_file=salt_file,
+                         salt_source_ids=salt_source_ids)

@@ -134,6 +134,14 @@ def _orientation(record) -> tuple[str, str]:
     return ("P", "F") if view in ("LAT", "LL") else ("L", "F")
 
 
+def require_dicom_writer() -> None:
+    """Fail with one line naming the extra when highdicom (the ``release`` extra) is missing."""
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise ChexgenError("DICOM output needs highdicom: pip install 'chexgen[release]'") from None
+
+
 def write_synthetic_dicom(
     path: str | os.PathLike,
     pixels: np.ndarray,

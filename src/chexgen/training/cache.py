@@ -25,8 +25,9 @@ Layout of a cache folder::
     index.json                      format, spec (what produced it), shard list, counts
     part000-00000.safetensors ...   shards of <= shard_size records (ids in the metadata)
     part000.json                    progress of writer 0 (shards written, done flag)
-    rejects.jsonl                   every skipped record with the reason (merged)
+    rejects.jsonl                   every skipped record (file, line, id, reason; merged)
     rejects-part000.jsonl           the same, per writer, appended as they happen
+    rejects-manifest.jsonl          records the manifest reader already left out (bad line, duplicate id)
 
 Why safetensors shards and not WebDataset tars or one npz per record: shards are
 memory-mappable (random access without reading the file), carry no pickle, hold
@@ -58,6 +59,7 @@ from tqdm.auto import tqdm
 
 from chexgen.data.imageio import fit_square, load_gray
 from chexgen.data.manifest import Record
+from chexgen.data.rejects import Reject, RejectLog, read_rejects
 from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path, atomic_write_json
 
@@ -79,6 +81,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "chexgen-cache/1"
+MANIFEST_REJECTS = "rejects-manifest.jsonl"
 
 # A renderer draws one condition (masks, boxes, ...) of a record as a gray ``size`` x ``size``
 # image in [0, 1], aligned with the image under the same square-fit ``policy``; None when the
@@ -113,6 +116,7 @@ class PrepareSummary:
     written: int = 0  # records encoded in this call
     skipped_done: int = 0  # already cached by an earlier (interrupted) call
     rejected: int = 0  # newly rejected in this call
+    rejected_total: int = 0  # everything this writer has rejected, earlier calls and the manifest included
     shards: int = 0  # shard files written in this call
     index_written: bool = False
     rejects_file: Path | None = None
@@ -267,11 +271,17 @@ def prepare_cache(
     num_workers: int = 0,
     conditions: dict[str, ConditionRenderer] | None = None,
     progress: bool = True,
+    manifest_file: str | os.PathLike | None = None,
+    record_lines: dict[str, int] | None = None,
+    manifest_rejects: Sequence[Reject] = (),
 ) -> PrepareSummary:
     """Encode this writer's share of ``records`` into ``out_dir`` (resumable; see module docstring).
 
     ``vae`` is a :class:`~chexgen.models.vae.RadiographVAE`, ``text_encoder`` a
     :class:`~chexgen.models.text_encoder.TextEncoder`. Returns what this call did.
+    ``manifest_file`` and ``record_lines`` (id -> line) name where a rejected record
+    came from; ``manifest_rejects`` (what the manifest reader left out) are listed in
+    ``rejects.jsonl`` too.
     """
     from chexgen.models.text_encoder import clean_prompt
 
@@ -301,6 +311,9 @@ def prepare_cache(
             done_ids.update(json.loads(h.metadata()["ids"]))
     rejects_path = out / f"rejects-{part}.jsonl"
     rejected_ids = _read_rejected_ids(rejects_path)
+    RejectLog(manifest_rejects).write(out / MANIFEST_REJECTS)  # same content from every writer: idempotent
+    where = str(manifest_file) if manifest_file is not None else "<records>"
+    lines = record_lines or {}
 
     mine = [r for pos, r in enumerate(records) if pos % num_shards == shard_index]
     todo = [r for r in mine if r.id not in done_ids and r.id not in rejected_ids]
@@ -331,9 +344,13 @@ def prepare_cache(
 
     bar = tqdm(total=len(todo), desc=f"prepare {part}", unit="img", disable=not progress, dynamic_ncols=True)
     with open(rejects_path, "a", encoding="utf-8") as rejects:
+        if rejects.tell() and not rejects_path.read_bytes().endswith(b"\n"):
+            rejects.write("\n")  # a line cut by a kill: end it, so the next entry starts on its own line
 
         def reject(rec: Record, reason: str) -> None:
-            rejects.write(json.dumps({"id": rec.id, "image": rec.image, "reason": reason}) + "\n")
+            entry = Reject(source=None, file=where, line=lines.get(rec.id), reason=f"image {rec.image}: {reason}",
+                           id=rec.id)
+            rejects.write(json.dumps(entry.to_dict(), ensure_ascii=False) + "\n")
             rejects.flush()
             summary.rejected += 1
             log.warning("skipped %s (%s): %s", rec.id, rec.image, reason)
@@ -378,6 +395,7 @@ def prepare_cache(
     state["done"] = True
     atomic_write_json(out / f"{part}.json", state, indent=None)
     summary.rejects_file = rejects_path
+    summary.rejected_total = len(_read_rejected_ids(rejects_path)) + len(manifest_rejects)
     summary.index_written = finalize_cache(out, require_complete=False)
     return summary
 
@@ -401,13 +419,12 @@ def finalize_cache(out_dir: str | os.PathLike, require_complete: bool = True) ->
         if s["spec"] != spec:
             raise ChexgenError(f"{out}: writer {s['shard_index']} used different settings than writer 0")
     shards = [{"file": sh["file"], "count": sh["count"]} for s in states for sh in s["shards"]]
-    rejected: list[str] = []
+    # lines cut by a crash are dropped here; those records were retried by the resumed writer
+    log_all = RejectLog(read_rejects(out / MANIFEST_REJECTS))
     for s in states:
-        p = out / f"rejects-{_part_name(s['shard_index'])}.jsonl"
-        if p.is_file():
-            rejected.extend(line for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
-    with atomic_path(out / "rejects.jsonl") as tmp:
-        tmp.write_text("".join(line + "\n" for line in rejected), encoding="utf-8")
+        log_all.extend(read_rejects(out / f"rejects-{_part_name(s['shard_index'])}.jsonl"))
+    log_all.write(out / "rejects.jsonl")
+    rejected = log_all.entries
     index = {
         "format": CACHE_FORMAT,
         "spec": spec,

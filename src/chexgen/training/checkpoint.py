@@ -4,15 +4,24 @@ A checkpoint is one folder ``<output_dir>/checkpoints/step-NNNNNNN/``::
 
     model.safetensors      trainable module (unwrapped from DDP), float32
     ema.safetensors        EMA shadow weights + update count
-    optimizer.pt           AdamW moments and step counts
-    scheduler.pt           LR schedule position
-    rng-rankKK.pt          python / numpy / torch (CPU and CUDA) RNG states of every process
+    optimizer.pt           AdamW moments and step counts (tensors and numbers only)
+    scheduler.json         LR schedule position (plain data)
+    rng-rankKK.safetensors torch (CPU and CUDA) RNG states as tensors; python / numpy states as JSON metadata
     trainer_state.json     step, epoch, samples consumed in that epoch, wall time, world size
     config.yaml            the resolved run config
 
 It is written into a hidden ``.step-NNNNNNN.partial`` folder and renamed when
 every process has written its part, so a crash mid-write never leaves a folder
 that looks complete. :func:`latest_checkpoint` only sees finished ones.
+
+Nothing in a checkpoint can run code when it is loaded (run folders are shared on
+clusters, and resuming must not execute what someone else put there): weights and
+RNG states are safetensors, the schedule is JSON, and the optimizer state is read
+with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
+containers. Checkpoints written before this format (``scheduler.pt``,
+``rng-rankKK.pt``) still load the same way, with numpy's RNG state array as the
+only addition to the allow-list; any other object inside them is refused with a
+message instead of being unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -47,6 +57,8 @@ __all__ = [
     "prune_checkpoints",
     "capture_rng_state",
     "restore_rng_state",
+    "save_rng_state",
+    "load_rng_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +95,30 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def _numpy_allow_list() -> list[Any]:
+    """What an old ``rng-rankKK.pt`` needs beyond tensors: numpy's (ndarray of uint32) MT19937 state."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _safe_torch_load(path: Path, allow: list[Any] | None = None) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain data only; anything else is a ChexgenError."""
+    try:
+        with torch.serialization.safe_globals(allow or []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
+                      str(e).splitlines()[0] if str(e) else "")
+        raise ChexgenError(f"{path}: refusing to load: it holds objects other than tensors and plain data, and "
+                           f"unpickling them could run code ({detail})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ChexgenError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                           ) from None
+
+
 def capture_rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -91,6 +127,51 @@ def capture_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_rng_state(state: dict[str, Any], path: Path) -> None:
+    """Write a :func:`capture_rng_state` dict as safetensors (torch / CUDA tensors, python / numpy as JSON)."""
+    tensors = {"torch": state["torch"].contiguous()}
+    for i, t in enumerate(state.get("cuda", [])):
+        tensors[f"cuda.{i}"] = t.cpu().contiguous()
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    meta = {
+        "python": json.dumps([version, list(internal), gauss]),
+        "numpy": json.dumps([name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]),
+        "cuda_devices": str(len(state.get("cuda", []))),
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_rng_state(path: Path) -> dict[str, Any]:
+    """Read :func:`save_rng_state`'s file back into the :func:`capture_rng_state` layout."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        try:
+            version, internal, gauss = json.loads(meta["python"])
+            name, keys, pos, has_gauss, cached = json.loads(meta["numpy"])
+            n_cuda = int(meta.get("cuda_devices", "0"))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ChexgenError(f"{path}: not a chexgen RNG state ({e})") from None
+        state: dict[str, Any] = {
+            "python": (int(version), tuple(int(v) for v in internal), gauss),
+            "numpy": (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)),
+            "torch": f.get_tensor("torch"),
+        }
+        if n_cuda:
+            state["cuda"] = [f.get_tensor(f"cuda.{i}") for i in range(n_cuda)]
+    return state
+
+
+def _check_rng_state(state: Any, path: Path) -> dict[str, Any]:
+    ok = (isinstance(state, dict) and isinstance(state.get("python"), tuple)
+          and isinstance(state.get("numpy"), tuple) and isinstance(state.get("torch"), torch.Tensor))
+    if not ok:
+        raise ChexgenError(f"{path}: not a chexgen RNG state (expected python / numpy / torch states)")
     return state
 
 
@@ -127,7 +208,7 @@ def save_checkpoint(
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     _barrier(wait_for_everyone)
-    torch.save(capture_rng_state(), partial / f"rng-rank{rank:02d}.pt")
+    save_rng_state(capture_rng_state(), partial / f"rng-rank{rank:02d}.safetensors")
     if is_main:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(partial / "model.safetensors"))
@@ -135,7 +216,7 @@ def save_checkpoint(
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
                       str(partial / "ema.safetensors"))
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), partial / "scheduler.pt")
+        atomic_write_json(partial / "scheduler.json", lr_scheduler.state_dict())
         atomic_write_json(partial / "trainer_state.json", asdict(state))
         save_config(config, partial / "config.yaml")
     _barrier(wait_for_everyone)
@@ -161,6 +242,25 @@ def load_checkpoint(
     if not (path / "trainer_state.json").is_file():
         raise ChexgenError(f"{path}: not a chexgen training checkpoint (no trainer_state.json)")
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    # Read every file before changing anything: a refused file leaves the objects untouched.
+    opt_state = _safe_torch_load(path / "optimizer.pt") if optimizer is not None else None
+    sched_state = None
+    if lr_scheduler is not None:
+        if (path / "scheduler.json").is_file():
+            sched_state = json.loads((path / "scheduler.json").read_text(encoding="utf-8"))
+        elif (path / "scheduler.pt").is_file():  # written before scheduler.json existed
+            sched_state = _safe_torch_load(path / "scheduler.pt")
+        else:
+            raise ChexgenError(f"{path}: no scheduler.json (incomplete checkpoint)")
+    rng_state = None
+    if restore_rng:
+        new, old = path / f"rng-rank{rank:02d}.safetensors", path / f"rng-rank{rank:02d}.pt"
+        if new.is_file():
+            rng_state = load_rng_state(new)
+        elif old.is_file():
+            rng_state = _check_rng_state(_safe_torch_load(old, _numpy_allow_list()), old)
+        else:
+            log.warning("%s: no RNG state for rank %d (world size changed?); continuing with fresh RNG", path, rank)
     missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     if missing or unexpected:
         raise ChexgenError(
@@ -169,16 +269,12 @@ def load_checkpoint(
         )
     if ema is not None and (path / "ema.safetensors").is_file():
         ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    if lr_scheduler is not None:
-        lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
-    rng_file = path / f"rng-rank{rank:02d}.pt"
-    if restore_rng:
-        if rng_file.is_file():
-            restore_rng_state(torch.load(rng_file, weights_only=False))
-        else:
-            log.warning("%s: no RNG state for rank %d (world size changed?); continuing with fresh RNG", path, rank)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    if sched_state is not None:
+        lr_scheduler.load_state_dict(sched_state)
+    if rng_state is not None:
+        restore_rng_state(rng_state)
     return state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import types
@@ -86,6 +87,7 @@ class TrainConfig(LoopConfig):
 
     preset: str = "tiny"
     data: str | None = None  # a `chexgen prepare` cache folder, or a manifest with encode_on_the_fly
+    data_root: str | None = None  # with a manifest: refuse image paths resolving outside this folder
     vae: str | None = None  # folder of a trained VAE (chexgen train-vae) instead of the preset's
     transformer_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {num_layers: 2}
     # curriculum: start from a stage-1 checkpoint / pipeline folder at another resolution
@@ -118,6 +120,7 @@ class VAETrainConfig(LoopConfig):
 
     preset: str = "tiny"
     data: str | None = None  # a manifest of images
+    data_root: str | None = None  # refuse image paths resolving (symlinks followed) outside this folder
     init_from: str | None = None  # a RadiographVAE folder to fine-tune; None = random init
     resolution: int | None = None
     resize_policy: str = "crop"
@@ -213,6 +216,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ChexgenError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan / inf parse as floats but are never a usable setting
+            raise ChexgenError(f"config key {key!r}: expected a finite number, got {value!r}")
         if tp is int:
             if number != int(number):
                 raise ChexgenError(f"config key {key!r}: expected an integer, got {value!r}")
@@ -296,6 +301,13 @@ def _validate(config: Any) -> None:
          f"mixed_precision must be auto|no|fp16|bf16, got {config.mixed_precision!r}")
     need(config.num_workers >= 0, "num_workers must be >= 0")
     need(config.num_threads >= 0, "num_threads must be >= 0")
+    need(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
+    for name in ("weight_decay", "adam_epsilon", "max_grad_norm", "lr_warmup_steps", "checkpoint_every",
+                 "keep_checkpoints", "sample_every"):
+        need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    need(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
+    for name in ("adam_beta1", "adam_beta2"):
+        need(0.0 <= getattr(config, name) < 1.0, f"{name} must be in [0, 1), got {getattr(config, name)}")
     if isinstance(config, TrainConfig):
         need(0.0 <= config.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {config.caption_dropout}")
         need(config.snr_gamma is None or config.snr_gamma > 0, f"snr_gamma must be > 0, got {config.snr_gamma}")
@@ -303,6 +315,14 @@ def _validate(config: Any) -> None:
              f"latent_sampling must be 'sample' or 'mean', got {config.latent_sampling!r}")
         need(config.text_field in ("auto", "impression", "report"),
              f"text_field must be auto|impression|report, got {config.text_field!r}")
+    if isinstance(config, TrainConfig):
+        need(config.sample_steps >= 1, f"sample_steps must be >= 1, got {config.sample_steps}")
+        need(config.sample_guidance >= 0, f"sample_guidance must be >= 0, got {config.sample_guidance}")
+        need(config.clip_latents is None or config.clip_latents >= 0,
+             f"clip_latents must be >= 0, got {config.clip_latents}")
+    if isinstance(config, VAETrainConfig):
+        for name in ("kl_weight", "ssim_weight", "l1_weight", "scaling_samples"):
+            need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
     if isinstance(config, VAETrainConfig) and config.crop_size is not None:
         need(config.crop_size >= 16 and config.crop_size % 8 == 0,
              f"crop_size must be a multiple of 8 and >= 16, got {config.crop_size}")
@@ -360,6 +380,8 @@ HELP: dict[str, str] = {
     "progress": "show progress bars",
     "preset": "model preset (chexgen presets lists them)",
     "data": "a `chexgen prepare` cache folder (or a manifest with --encode-on-the-fly / for train-vae)",
+    "data_root": "with a manifest: refuse image paths that resolve (symlinks followed) outside this folder "
+                 "(train-vae lists them as rejects; train --encode-on-the-fly stops); default: no confinement",
     "vae": "folder of a trained VAE (from chexgen train-vae) to sample and export with",
     "transformer_overrides": "YAML mapping of ChexGenDiT arguments overriding the preset, e.g. '{depth: 2}'",
     "init_from": "stage-2 start: a checkpoint, run or pipeline folder (pos-embed recomputed for the new resolution)",

@@ -165,8 +165,8 @@ def build_text_to_image_task(cfg: TrainConfig) -> TrainingTask:
         vae = RadiographVAE.from_spec(resolve_vae_spec(cfg, preset)).eval().requires_grad_(False)
         text_encoder = load_text_encoder(text_spec)
         manifest = Path(cfg.data)
-        dataset = ManifestCaptionImages(read_manifest(manifest), manifest.parent, resolution, cfg.resize_policy,
-                                        cfg.text_field)
+        dataset = ManifestCaptionImages(read_manifest(manifest, data_root=cfg.data_root), manifest.parent,
+                                        resolution, cfg.resize_policy, cfg.text_field)
         collate = collate_images
         encoder = OnTheFlyEncoder(vae, text_encoder)
         frozen = [vae, text_encoder]

@@ -78,6 +78,7 @@ class TrainingTask:
     export_fn: Callable[[nn.Module, Path], None] | None = None
     frozen: list[nn.Module] = field(default_factory=list)
     export_dirname: str = "pipeline"
+    rejected: int = 0  # records left out of ``dataset`` (listed in the run's rejects.jsonl); the CLI exits 1
 
 
 @dataclass

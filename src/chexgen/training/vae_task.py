@@ -9,7 +9,8 @@ CPU cost.
 
 Images are decoded and square-fitted once, kept in memory as float16 (a few
 thousand 128 px images are ~100 MB), so a CPU step is pure compute. Unreadable
-images go to ``<output_dir>/rejects.jsonl`` with the reason.
+images (and bad manifest lines) go to ``<output_dir>/rejects.jsonl`` with
+file, line, id and reason.
 
 At export the VAE's ``scaling_factor`` is set from the data: 1 / std of the
 latents of up to ``scaling_samples`` training images, so latents the diffusion
@@ -18,7 +19,6 @@ model sees have unit variance (the role 0.18215 plays for the SD VAE).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,40 +26,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from chexgen.data.manifest import Record
+from chexgen.data.manifest import Record, read_manifest_lines
+from chexgen.data.rejects import RejectLog
 from chexgen.errors import ChexgenError
+from chexgen.evaluation.metrics.similarity import compute_ssim
 from chexgen.training.cache import RecordImages
 from chexgen.training.config import VAETrainConfig
 from chexgen.training.trainer import TrainingTask
-from chexgen.utils import atomic_path
 
 __all__ = ["ssim", "VAEObjective", "InMemoryImages", "load_images", "latent_std", "build_vae_task"]
 
 log = logging.getLogger(__name__)
 
 
-def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean structural similarity of two [B, 1, H, W] batches (Wang et al. 2004; Gaussian window, valid conv)."""
-    w = _gaussian_window(win_size, sigma, x.device, x.dtype)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mu_x**2
-    syy = F.conv2d(y * y, w) - mu_y**2
-    sxy = F.conv2d(x * y, w) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    """Mean structural similarity of two [B, 1, H, W] batches (the evaluation metric, differentiable)."""
+    return compute_ssim(x, y, data_range=data_range, win_size=win_size, sigma=sigma)
 
 
 class VAEObjective:
@@ -94,8 +80,9 @@ class VAEObjective:
 class InMemoryImages(Dataset):
     """Decoded images ``[N, 1, H, W]`` float16 in [0, 1]; items are ``{"image": [1, H, W]}``."""
 
-    def __init__(self, images: torch.Tensor, ids: Sequence[str]) -> None:
+    def __init__(self, images: torch.Tensor, ids: Sequence[str], rejected: int = 0) -> None:
         self.images, self.ids = images, list(ids)
+        self.rejected = rejected  # records of the manifest left out (listed in the rejects file)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -113,11 +100,20 @@ def _stack_images(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def load_images(records: Sequence[Record], root, resolution: int, resize_policy: str, rejects_path: Path,
-                num_workers: int = 0, progress: bool = True) -> InMemoryImages:
-    """Decode every image once (tqdm); unreadable ones are listed in ``rejects_path`` with the reason."""
+                num_workers: int = 0, progress: bool = True, rejects: RejectLog | None = None,
+                manifest_file: str | os.PathLike | None = None,
+                record_lines: dict[str, int] | None = None) -> InMemoryImages:
+    """Decode every image once (tqdm); unreadable ones are rejects, written to ``rejects_path``.
+
+    ``rejects`` may already hold what the manifest reader left out; the file lists
+    both (file, line, id, reason). No readable image at all is unusable input.
+    """
+    rejects = rejects if rejects is not None else RejectLog()
+    where = str(manifest_file) if manifest_file is not None else "<records>"
+    lines = record_lines or {}
     ds = RecordImages(records, root, resolution, resize_policy)
     loader = DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=_as_list)
-    images, ids, rejects = [], [], []
+    images, ids = [], []
     for items in tqdm(loader, desc="load images", unit="batch", disable=not progress, dynamic_ncols=True):
         for it in items:
             rec = ds.records[it["index"]]
@@ -125,13 +121,11 @@ def load_images(records: Sequence[Record], root, resolution: int, resize_policy:
                 images.append(it["image"].to(torch.float16))
                 ids.append(rec.id)
             else:
-                rejects.append({"id": rec.id, "image": rec.image, "reason": it["error"]})
-                log.warning("skipped %s (%s): %s", rec.id, rec.image, it["error"])
-    with atomic_path(rejects_path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rejects), encoding="utf-8")
+                rejects.add(where, lines.get(rec.id), f"image {rec.image}: {it['error']}", id=rec.id)
+    rejects.write(rejects_path)
     if not images:
-        raise ChexgenError(f"no readable images (see {rejects_path})")
-    return InMemoryImages(torch.stack(images), ids)
+        raise ChexgenError(f"{where}: no readable images ({len(rejects)} rejected, listed in {rejects_path})")
+    return InMemoryImages(torch.stack(images), ids, rejected=len(rejects))
 
 
 @torch.no_grad()
@@ -151,11 +145,29 @@ def latent_std(autoencoder: nn.Module, images: torch.Tensor, batch_size: int = 3
     return math.sqrt(max(total_sq / n - mean**2, 1e-12))
 
 
-def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record], manifest_root) -> TrainingTask:
-    """Images, AutoencoderKL (fresh or fine-tuned), objective, reconstruction grid and export hook."""
+def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record] | None = None, manifest_root=None,
+                   limit: int | None = None) -> TrainingTask:
+    """Images, AutoencoderKL (fresh or fine-tuned), objective, reconstruction grid and export hook.
+
+    Without ``records`` the manifest ``cfg.data`` is read (its first ``limit``
+    records); bad lines, duplicate ids, paths outside ``cfg.data_root`` and
+    unreadable images are listed in ``<output_dir>/rejects.jsonl`` and counted in
+    the task's ``rejected``.
+    """
     from chexgen.models.presets import get_preset
     from chexgen.models.vae import RadiographVAE
 
+    rejects = RejectLog()
+    lines: dict[str, int] = {}
+    if records is None:
+        if not cfg.data:
+            raise ChexgenError("train-vae: give a manifest of images")
+        read = read_manifest_lines(cfg.data, rejects=rejects, data_root=cfg.data_root)[:limit]
+        if not read:
+            raise ChexgenError(f"{cfg.data}: the manifest holds no records; nothing to train on")
+        records = [r for _, r in read]
+        lines = {r.id: line for line, r in read}
+        manifest_root = Path(cfg.data).parent
     preset = get_preset(cfg.preset)
     if preset.vae.kind != "gray":
         raise ChexgenError(f"train-vae trains the 1-channel VAE of the small presets; preset {preset.name} uses "
@@ -164,7 +176,8 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record], manifest_root
     torch.manual_seed(cfg.seed)  # same initial weights on every process and every (re)start
     vae = RadiographVAE.from_pretrained(cfg.init_from) if cfg.init_from else RadiographVAE.from_spec(preset.vae)
     data = load_images(records, manifest_root, resolution, cfg.resize_policy, Path(cfg.output_dir) / "rejects.jsonl",
-                       num_workers=cfg.num_workers, progress=cfg.progress)
+                       num_workers=cfg.num_workers, progress=cfg.progress, rejects=rejects,
+                       manifest_file=cfg.data, record_lines=lines)
     log.info("train-vae: %d images at %d px in memory", len(data), resolution)
     preview = data.images[: min(8, len(data))]
 
@@ -189,4 +202,5 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record], manifest_root
         sample_fn=sample,
         export_fn=export,
         export_dirname="vae",
+        rejected=data.rejected,
     )

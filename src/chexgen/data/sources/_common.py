@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
+from chexgen.data.rejects import Reject
 from chexgen.errors import ChexgenError
 
 __all__ = [
@@ -32,21 +33,8 @@ __all__ = [
     "parse_view",
     "empty_labels",
     "image_path",
+    "read_csv",
 ]
-
-
-@dataclass
-class Reject:
-    """A row that could not become a record."""
-
-    source: str
-    file: str
-    row: int  # 1-based data row (header excluded)
-    reason: str
-    id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "file": self.file, "row": self.row, "id": self.id, "reason": self.reason}
 
 
 @dataclass
@@ -62,6 +50,31 @@ class SourceResult:
         self.records.extend(other.records)
         self.rejects.extend(other.rejects)
         self.files.extend(other.files)
+
+
+def read_csv(path: str | os.PathLike, **kwargs: Any):
+    """``pandas.read_csv`` with every way a file can be unreadable turned into one ChexgenError naming it.
+
+    An unterminated quote, a wrong encoding, a truncated gzip or an empty file make
+    the whole file unusable (there is no reliable next row to continue from), so
+    they stop the job (exit 2) instead of becoming per-row rejects.
+    """
+    import zlib
+
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ChexgenError(f"{path}: empty file (no header row)") from None
+    except pd.errors.ParserError as e:
+        detail = str(e).replace("Error tokenizing data. C error: ", "").strip()
+        raise ChexgenError(f"{path}: not a readable CSV ({detail}; an unterminated quote or a row with too "
+                           "many fields)") from None
+    except UnicodeDecodeError as e:
+        raise ChexgenError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise ChexgenError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def require_columns(frame: Any, columns: Iterable[str], path: str | os.PathLike) -> None:
@@ -82,7 +95,8 @@ def xrv_data_file(name: str) -> Path:
 
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise ChexgenError("torchxrayvision is not installed; pass the dataset files explicitly")
+        raise ChexgenError("torchxrayvision is not installed; give the dataset's file or folder with "
+                           "--source NAME=PATH")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
     if not path.is_file():
         raise ChexgenError(f"{path}: not shipped by the installed torchxrayvision")

@@ -26,10 +26,8 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, parse_age, parse_sex, parse_view
+from chexgen.data.sources._common import Reject, SourceResult, parse_age, parse_sex, parse_view, read_csv
 from chexgen.data.sources.padchest import map_padchest_labels, parse_list, parse_sentence_groups
 from chexgen.errors import ChexgenError
 
@@ -53,7 +51,7 @@ def load_bimcv(root: str | os.PathLike, *, image_root: str | os.PathLike | None 
     root = Path(root)
     label_path = _find_labels(root)
     base = root if root.is_dir() else label_path.parent
-    frame = pd.read_csv(label_path, sep="\t", nrows=limit)
+    frame = read_csv(label_path, sep="\t", nrows=limit)
     sess_col = next((c for c in ("ReportID", "session", "session_id") if c in frame.columns), None)
     if sess_col is None or "Labels" not in frame.columns:
         raise ChexgenError(f"{label_path}: expected a session column (ReportID or session) and 'Labels'; "
@@ -63,7 +61,7 @@ def load_bimcv(root: str | os.PathLike, *, image_root: str | os.PathLike | None 
     people: dict[str, tuple[object, object]] = {}
     part_path = next((p for p in (base / "participants.tsv", base.parent / "participants.tsv") if p.is_file()), None)
     if part_path is not None:
-        part = pd.read_csv(part_path, sep="\t")
+        part = read_csv(part_path, sep="\t")
         if "participant" in part.columns:
             for pid, age, sex in zip(part["participant"].astype(str), part.get("age", [None] * len(part)),
                                      part.get("gender", [None] * len(part))):

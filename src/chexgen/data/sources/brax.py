@@ -22,7 +22,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_age, parse_sex, parse_view
+from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_age, parse_sex, parse_view, read_csv
 from chexgen.errors import ChexgenError
 
 __all__ = ["load_brax"]
@@ -34,7 +34,7 @@ def load_brax(root: str | os.PathLike, *, image_root: str | os.PathLike | None =
               check_images: bool = False, limit: int | None = None) -> SourceResult:
     """Read the BRAX master spreadsheet into records."""
     path = find_file(root, ["master_spreadsheet_update.csv", "master_spreadsheet.csv"], "BRAX spreadsheet")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     image_col = next((c for c in ("PngPath", "DicomPath") if c in frame.columns), None)
     missing = [n for n in LABELS if n not in frame.columns]
     if image_col is None or missing:

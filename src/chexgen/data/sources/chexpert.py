@@ -23,7 +23,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns
+from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns, read_csv
 
 __all__ = ["load_chexpert"]
 
@@ -43,7 +43,7 @@ def load_chexpert(root: str | os.PathLike | None = None, *, image_root: str | os
     """
     path = find_file(root, ["train.csv", "valid.csv", "chexpert_train.csv.gz"], "CheXpert labels",
                      xrv_fallback="chexpert_train.csv.gz")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     require_columns(frame, _COLUMNS + list(LABELS), path)
     split = "val" if "valid" in path.name else "train"
     result = SourceResult(source="chexpert", files=[str(path)])

@@ -41,7 +41,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Box, Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file
+from chexgen.data.sources._common import Reject, SourceResult, find_file, read_csv
 from chexgen.errors import ChexgenError
 
 __all__ = ["load_vindr_rib", "load_object_cxr", "load_chestx_det", "load_ralo", "load_medfmc", "MEDFMC_CLASSES"]
@@ -121,7 +121,7 @@ def load_object_cxr(root: str | os.PathLike, *, image_root: str | os.PathLike | 
                     check_images: bool = False, limit: int | None = None) -> SourceResult:
     """Read an Object-CXR annotation CSV into records with foreign-object boxes."""
     path = find_file(root, ["train.csv", "dev.csv"], "Object-CXR CSV")
-    frame = pd.read_csv(path, nrows=limit, dtype=str, keep_default_na=False)
+    frame = read_csv(path, nrows=limit, dtype=str, keep_default_na=False)
     if "image_name" not in frame.columns or "annotation" not in frame.columns:
         raise ChexgenError(f"{path}: expected columns image_name and annotation, found {list(frame.columns)}")
     result = SourceResult(source="object_cxr", files=[str(path)])
@@ -204,7 +204,7 @@ def load_ralo(root: str | os.PathLike, *, image_root: str | os.PathLike | None =
               check_images: bool = False, limit: int | None = None) -> SourceResult:
     """Read RALO severity scores into records (``severity`` = geographic extent, 0-8)."""
     path = find_file(root, ["ralo-dataset-metadata.csv", "RALO-Dataset-Metadata.csv", "metadata.csv"], "RALO CSV")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     image_col = next((c for c in frame.columns if c.lower() in ("filename", "file_name", "image", "image_name")), None)
     geo_col = next((c for c in frame.columns if "geographic" in c.lower()), None)
     opa_col = next((c for c in frame.columns if "opacity" in c.lower()), None)
@@ -253,7 +253,7 @@ def load_medfmc(root: str | os.PathLike, *, image_root: str | os.PathLike | None
                      "MedFMC-ChestDR labels")
     rows: list[tuple[str, list[str]]] = []
     if path.suffix == ".csv":
-        frame = pd.read_csv(path, nrows=limit, dtype=str)
+        frame = read_csv(path, nrows=limit, dtype=str)
         img_col = next((c for c in ("img_id", "image", "image_name") if c in frame.columns), None)
         missing = [c for c in MEDFMC_CLASSES if c not in frame.columns]
         if img_col is None or missing:

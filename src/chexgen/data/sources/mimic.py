@@ -39,7 +39,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, parse_view, require_columns
+from chexgen.data.sources._common import Reject, SourceResult, parse_view, require_columns, read_csv
 from chexgen.errors import ChexgenError
 
 __all__ = ["load_mimic", "extract_sections", "race_group", "mimic_image_path"]
@@ -94,12 +94,12 @@ def _csv(folder: Path, stem: str, what: str, required: bool = True) -> Path | No
 def _demographics(mimic_iv: Path) -> tuple[pd.DataFrame, dict[int, tuple[str | None, str | None]]]:
     base = mimic_iv / "hosp" if (mimic_iv / "hosp").is_dir() else mimic_iv
     pat_path = _csv(base, "patients", "MIMIC-IV patients")
-    patients = pd.read_csv(pat_path)
+    patients = read_csv(pat_path)
     require_columns(patients, ["subject_id", "gender", "anchor_age", "anchor_year"], pat_path)
     races: dict[int, tuple[str | None, str | None]] = {}
     adm_path = _csv(base, "admissions", "MIMIC-IV admissions", required=False)
     if adm_path is not None:
-        adm = pd.read_csv(adm_path)
+        adm = read_csv(adm_path)
         col = "race" if "race" in adm.columns else "ethnicity" if "ethnicity" in adm.columns else None
         if col is None:
             raise ChexgenError(f"{adm_path}: expected a 'race' (v2) or 'ethnicity' (v1) column")
@@ -128,19 +128,19 @@ def load_mimic(root: str | os.PathLike, *, mimic_iv: str | os.PathLike | None = 
     if not folder.is_dir():
         raise ChexgenError(f"{folder}: expected the MIMIC-CXR-JPG folder")
     meta_path = _csv(folder, "mimic-cxr-2.0.0-metadata", "metadata")
-    meta = pd.read_csv(meta_path, nrows=limit)
+    meta = read_csv(meta_path, nrows=limit)
     require_columns(meta, ["dicom_id", "subject_id", "study_id", "ViewPosition"], meta_path)
     if labels not in ("chexpert", "negbio"):
         raise ChexgenError(f"labels must be 'chexpert' or 'negbio', got {labels!r}")
     lab_path = _csv(folder, f"mimic-cxr-2.0.0-{labels}", f"{labels} labels")
-    lab = pd.read_csv(lab_path)
+    lab = read_csv(lab_path)
     require_columns(lab, ["subject_id", "study_id", *[n for n in LABELS]], lab_path)
     lab_values = lab[list(LABELS)].to_numpy(dtype=float)
     study_labels = {int(s): row for s, row in zip(lab["study_id"], lab_values)}
     split_path = _csv(folder, "mimic-cxr-2.0.0-split", "split", required=False)
     splits: dict[str, str] = {}
     if split_path is not None:
-        sp = pd.read_csv(split_path)
+        sp = read_csv(split_path)
         require_columns(sp, ["dicom_id", "split"], split_path)
         splits = dict(zip(sp["dicom_id"].astype(str), sp["split"].astype(str)))
     patients, races = (_demographics(Path(mimic_iv)) if mimic_iv is not None else (None, {}))

@@ -39,8 +39,11 @@ from chexgen.data.sources._common import (
     empty_labels,
     find_file,
     parse_age,
+    read_csv,
     require_columns,
 )
+from chexgen.data.vocabulary import side_at, zone_at
+from chexgen.errors import ChexgenError
 
 __all__ = ["NIH_TO_LABEL", "load_nih", "box_finding"]
 
@@ -71,25 +74,65 @@ def box_finding(label: str, box: Box, width: float, height: float, view: str | N
     side = None
     if view in ("PA", "AP", None) and target not in ("Cardiomegaly",):
         span = (box.x1 - box.x0) / width
-        side = "bilateral" if span > 0.6 else ("right" if cx < 0.5 else "left")
+        side = "bilateral" if span > 0.6 else side_at(cx)
     zone = None
     if target not in ("Cardiomegaly",):
-        zone = "upper" if cy < 0.4 else ("middle" if cy < 0.6 else "lower")
+        zone = zone_at(cy, edges=(0.4, 0.6))
     kind = {"Mass": "mass", "Nodule": "nodule"}.get(box.label)
     return {"label": target, "side": side, "zone": zone, "severity": None, "kind": kind}
 
 
-def _read_boxes(path: Path) -> dict[str, list[Box]]:
-    frame = pd.read_csv(path)
+#: Labels that occur in the BBox list (NIH spells infiltration "Infiltrate" there).
+BOX_LABELS = frozenset(NIH_TO_LABEL) | frozenset(NIH_OTHER)
+FRAME = 1024  # the released PNGs are all 1024 x 1024; boxes are in their pixels
+
+
+def _box_problem(label: object, coords: tuple) -> str | None:
+    """Why a BBox row cannot be used, or None."""
+    if not isinstance(label, str) or not label.strip():
+        return "missing 'Finding Label'"
+    if label.strip() not in BOX_LABELS:
+        return f"unknown box label {label!r}; expected one of {sorted(BOX_LABELS)}"
+    names = ("x", "y", "w", "h")
+    values = []
+    for name, v in zip(names, coords):
+        if v is None:
+            return f"box {name} is missing (a short row?)"
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return f"box {name} {v!r} is not a number"
+        if not np.isfinite(f):
+            return f"box {name} {v!r} is not a finite number"
+        values.append(f)
+    x, y, w, h = values
+    if w <= 0 or h <= 0:
+        return f"zero-size box (w {w:g}, h {h:g})"
+    if x < 0 or y < 0 or x + w > FRAME or y + h > FRAME:
+        return (f"box x {x:g}..{x + w:g}, y {y:g}..{y + h:g} is outside the {FRAME} x {FRAME} image")
+    return None
+
+
+def _read_boxes(path: Path, rejects: list[Reject]) -> dict[str, list[Box]]:
+    """Boxes per image file name; bad rows (unknown label, bad numbers, zero size, outside the image) -> rejects."""
+    frame = read_csv(path, dtype=str, keep_default_na=False)
+    if len(frame.columns) < 6:
+        raise ChexgenError(f"{path}: expected 6 columns (Image Index, Finding Label, Bbox [x,y,w,h]), "
+                           f"found {list(frame.columns)}")
     frame = frame.rename(columns={frame.columns[2]: "x", frame.columns[3]: "y",
                                   frame.columns[4]: "w", frame.columns[5]: "h"})
     require_columns(frame, ["Image Index", "Finding Label", "x", "y", "w", "h"], path)
     out: dict[str, list[Box]] = defaultdict(list)
-    for name, label, x, y, w, h in frame[["Image Index", "Finding Label", "x", "y", "w", "h"]].itertuples(
-            index=False):
-        if w > 0 and h > 0:
-            out[name].append(Box(label=str(label), x0=float(x), y0=float(y), x1=float(x + w), y1=float(y + h),
-                                 source="nih-bbox"))
+    for row, (name, label, x, y, w, h) in enumerate(frame[["Image Index", "Finding Label", "x", "y", "w", "h"]]
+                                                    .itertuples(index=False), start=1):
+        rid = "nih/" + name.rsplit(".", 1)[0] if name else None
+        coords = tuple(None if v == "" else v for v in (x, y, w, h))
+        problem = "missing 'Image Index'" if not name else _box_problem(label, coords)
+        if problem is not None:
+            rejects.append(Reject("nih", str(path), row, problem, rid))
+            continue
+        x, y, w, h = (float(v) for v in coords)
+        out[name].append(Box(label=label.strip(), x0=x, y0=y, x1=x + w, y1=y + h, source="nih-bbox"))
     return out
 
 
@@ -118,9 +161,12 @@ def load_nih(root: str | os.PathLike | None = None, *, bbox: str | os.PathLike |
     """
     path = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv",
                             "Data_Entry_2017.csv.gz"], "NIH Data_Entry", xrv_fallback="Data_Entry_2017_v2020.csv.gz")
-    frame = pd.read_csv(path, nrows=limit, dtype={"Patient Age": str})
+    frame = read_csv(path, nrows=limit, dtype={"Patient Age": str})
     require_columns(frame, _COLUMNS, path)
     result = SourceResult(source="nih", files=[str(path)])
+    # a short row (fewer fields than the header) leaves missing values: that row is a reject
+    missing = frame[["Image Index", "Finding Labels", "Patient ID", "Patient Gender", "View Position"]].isna()
+    short = missing.any(axis=1).to_numpy()
 
     if bbox is None and root is None:
         bbox_path: Path | None = find_file(None, [], "NIH BBox", xrv_fallback="BBox_List_2017.csv.gz")
@@ -129,7 +175,7 @@ def load_nih(root: str | os.PathLike | None = None, *, bbox: str | os.PathLike |
                           if p.is_file()), None)
     else:
         bbox_path = find_file(bbox, ["BBox_List_2017.csv", "BBox_List_2017.csv.gz"], "NIH BBox")
-    boxes = _read_boxes(bbox_path) if bbox_path is not None else {}
+    boxes = _read_boxes(bbox_path, result.rejects) if bbox_path is not None else {}
     if bbox_path is not None:
         result.files.append(str(bbox_path))
 
@@ -146,6 +192,18 @@ def load_nih(root: str | os.PathLike | None = None, *, bbox: str | os.PathLike |
     for i, (name, findings, pid, age_s, sex, view_s) in enumerate(zip(*columns)):
         row = i + 1
         rid = "nih/" + name.rsplit(".", 1)[0]
+        if short[i]:
+            gone = [c for c in missing.columns if missing[c].iat[i]]
+            result.rejects.append(Reject("nih", str(path), row, f"missing value(s) in {gone} (a short row?)",
+                                         None if "Image Index" in gone else rid))
+            continue
+        if sex not in ("M", "F"):
+            result.rejects.append(Reject("nih", str(path), row, f"Patient Gender {sex!r} is not M or F", rid))
+            continue
+        view = view_s.strip().upper()
+        if view not in ("PA", "AP"):
+            result.rejects.append(Reject("nih", str(path), row, f"View Position {view_s!r} is not PA or AP", rid))
+            continue
         age = ages_num[i]
         if age != age or not 0 <= age <= 120:
             try:
@@ -178,8 +236,6 @@ def load_nih(root: str | os.PathLike | None = None, *, bbox: str | os.PathLike |
                                              rid))
                 continue
             rel = images[name]
-        view = view_s.strip().upper()
-        view = view if view in ("PA", "AP") else None
         extra: dict = {"source_labels": findings}
         if widths[i] > 0 and heights[i] > 0:
             extra["original_size"] = [int(widths[i]), int(heights[i])]
@@ -195,7 +251,7 @@ def load_nih(root: str | os.PathLike | None = None, *, bbox: str | os.PathLike |
             image=root_prefix + rel,
             dataset="nih",
             view=view,
-            sex=sex if sex in ("M", "F") else None,
+            sex=sex,
             age=age,
             patient_id=pid,
             width=1024,  # the released PNGs are all 1024 x 1024; the original size is kept in extra

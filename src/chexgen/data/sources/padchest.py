@@ -30,7 +30,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_view, require_columns
+from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_view, require_columns, read_csv
 
 __all__ = ["PADCHEST_TO_LABEL", "PADCHEST_DEVICE_KIND", "load_padchest", "map_padchest_labels",
            "parse_list", "parse_sentence_groups"]
@@ -172,7 +172,7 @@ def load_padchest(root: str | os.PathLike | None = None, *, image_root: str | os
     name = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
     path = find_file(root, [name, name + ".gz"], "PadChest labels", xrv_fallback=name + ".gz")
     usecols = _COLUMNS + ["LabelsLocalizationsBySentence", "Pediatric"]
-    frame = pd.read_csv(path, nrows=limit, usecols=lambda c: c in usecols, low_memory=False)
+    frame = read_csv(path, nrows=limit, usecols=lambda c: c in usecols, low_memory=False)
     require_columns(frame, _COLUMNS, path)
     result = SourceResult(source="padchest", files=[str(path)])
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns
+from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns, read_csv
 
 __all__ = ["RANZCR_COLUMNS", "load_ranzcr"]
 
@@ -45,13 +45,13 @@ def load_ranzcr(root: str | os.PathLike, *, image_root: str | os.PathLike | None
                 check_images: bool = False, limit: int | None = None) -> SourceResult:
     """Read RANZCR CLiP ``train.csv`` (+ ``train_annotations.csv``) into records."""
     path = find_file(root, ["train.csv"], "RANZCR CLiP train.csv")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     require_columns(frame, ["StudyInstanceUID", *RANZCR_COLUMNS], path)
     result = SourceResult(source="ranzcr", files=[str(path)])
     lines: dict[str, list[dict]] = defaultdict(list)
     ann_path = path.parent / "train_annotations.csv"
     if ann_path.is_file():
-        ann = pd.read_csv(ann_path)
+        ann = read_csv(ann_path)
         require_columns(ann, ["StudyInstanceUID", "label", "data"], ann_path)
         for n, (uid, label, data) in enumerate(ann[["StudyInstanceUID", "label", "data"]].itertuples(index=False),
                                                start=1):

@@ -21,12 +21,11 @@ import os
 from collections import defaultdict
 
 import numpy as np
-import pandas as pd
 
 from chexgen.data.conditions import decode_rle, encode_rle
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Mask, Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file
+from chexgen.data.sources._common import Reject, SourceResult, find_file, read_csv
 
 __all__ = ["rle_decode", "rle_encode", "parse_rle", "merge_runs", "load_siim"]
 
@@ -90,7 +89,7 @@ def load_siim(root: str | os.PathLike | None = None, *, image_root: str | os.Pat
     """Read SIIM-ACR RLE masks into one record per image (``limit`` counts CSV rows)."""
     path = find_file(root, ["train-rle.csv", "siim-pneumothorax-train-rle.csv.gz"], "SIIM-ACR RLE",
                      xrv_fallback="siim-pneumothorax-train-rle.csv.gz")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     frame.columns = [c.strip() for c in frame.columns]
     if "ImageId" not in frame.columns or "EncodedPixels" not in frame.columns:
         from chexgen.errors import ChexgenError

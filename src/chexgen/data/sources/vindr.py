@@ -36,7 +36,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Box, Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns
+from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns, read_csv
 
 __all__ = ["VINDR_TO_LABEL", "load_vindr_cxr", "load_vindr_pcxr", "reader_vote"]
 
@@ -110,7 +110,7 @@ def load_vindr_cxr(root: str | os.PathLike | None = None, *, image_root: str | o
     """
     path = find_file(root, ["train.csv", "annotations_train.csv", "vinbigdata-train.csv.gz"], "VinDr-CXR annotations",
                      xrv_fallback="vinbigdata-train.csv.gz")
-    frame = pd.read_csv(path, nrows=limit)
+    frame = read_csv(path, nrows=limit)
     if "rad_ID" in frame.columns and "rad_id" not in frame.columns:
         frame = frame.rename(columns={"rad_ID": "rad_id"})
     require_columns(frame, ["image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max"], path)
@@ -146,7 +146,7 @@ def load_vindr_pcxr(root: str | os.PathLike, *, image_root: str | os.PathLike | 
                     check_images: bool = False, split: str = "train", image_ext: str = ".dicom") -> SourceResult:
     """Read VinDr-PCXR ``image_labels_<split>.csv`` (+ ``annotations_<split>.csv`` boxes) from its folder."""
     label_path = find_file(root, [f"image_labels_{split}.csv"], "VinDr-PCXR image labels")
-    frame = pd.read_csv(label_path)
+    frame = read_csv(label_path)
     if "rad_ID" in frame.columns:
         frame = frame.rename(columns={"rad_ID": "rad_id"})
     require_columns(frame, ["image_id"], label_path)
@@ -160,7 +160,7 @@ def load_vindr_pcxr(root: str | os.PathLike, *, image_root: str | os.PathLike | 
     ann_path = label_path.parent / f"annotations_{split}.csv"
     boxes: dict[str, list[Box]] = {}
     if ann_path.is_file():
-        ann = pd.read_csv(ann_path).rename(columns={"rad_ID": "rad_id"})
+        ann = read_csv(ann_path).rename(columns={"rad_ID": "rad_id"})
         require_columns(ann, ["image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max"], ann_path)
         boxes = _read_boxes(ann)
         result.files.append(str(ann_path))

@@ -1,7 +1,9 @@
 """Image similarity (SSIM / MS-SSIM) and diversity among images of the same prompt.
 
 SSIM and MS-SSIM come from pytorch-msssim (Gaussian window 11, sigma 1.5,
-K = (0.01, 0.03), data range 1 for images in [0, 1]). Diversity follows the
+K = (0.01, 0.03), data range 1 for images in [0, 1]); it is a base dependency (one small
+pure-torch module), so the evaluation suite and the demo run on the base install.
+:func:`compute_ssim` is the differentiable tensor form (the VAE's training loss uses it). Diversity follows the
 paper: for every prompt with k >= 2 generated images (4 seeds there), the mean
 over the k(k-1)/2 pairs; lower means more diverse.
 
@@ -21,6 +23,7 @@ import torch
 from pytorch_msssim import ms_ssim, ssim
 
 __all__ = [
+    "compute_ssim",
     "as_image_batch",
     "ssim_pairs",
     "ms_ssim_pairs",
@@ -49,6 +52,17 @@ def as_image_batch(images, keep_half: bool = False) -> torch.Tensor:
     return t
 
 
+def compute_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+                 sigma: float = 1.5, reduction: str = "mean") -> torch.Tensor:
+    """SSIM of two [B, C, H, W] batches (Gaussian window, valid filtering), differentiable.
+
+    ``reduction="mean"`` gives one scalar, ``"none"`` one value per image.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return ssim(x, y, data_range=data_range, win_size=win_size, win_sigma=sigma, size_average=reduction == "mean")
+
+
 def indexed_pairs(metric: str, images, ia: Sequence[int], ib: Sequence[int], batch: int = 64) -> np.ndarray:
     """``metric`` ("ssim" or "ms_ssim") of pairs (images[ia[k]], images[ib[k]]), materialising ``batch`` pairs at a time."""
     x = as_image_batch(images, keep_half=True)
@@ -74,10 +88,7 @@ def ssim_pairs(a, b, batch: int = 64) -> np.ndarray:
     x, y = as_image_batch(a), as_image_batch(b)
     if x.shape != y.shape:
         raise ValueError(f"pair shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-    out = [
-        ssim(x[i : i + batch], y[i : i + batch], data_range=1.0, size_average=False)
-        for i in range(0, x.shape[0], batch)
-    ]
+    out = [compute_ssim(x[i : i + batch], y[i : i + batch], reduction="none") for i in range(0, x.shape[0], batch)]
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 

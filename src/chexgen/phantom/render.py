@@ -26,17 +26,19 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from chexgen.data.phantom.atlas import MU_WATER, RIB_NAMES, Atlas
-from chexgen.data.phantom.devices import render_device
-from chexgen.data.phantom.findings import Finding, Prevalence, sample_findings
-from chexgen.data.phantom.insertion import (
+from chexgen.phantom.atlas import MU_WATER, RIB_NAMES, Atlas
+from chexgen.phantom.devices import render_device
+from chexgen.phantom.findings import Finding, Prevalence, sample_findings
+from chexgen.phantom.insertion import (
     CARDIOMEGALY_SCALE,
+    SEV,
     Effect,
     insert_finding,
     lung_space,
     scale_heart,
 )
-from chexgen.data.phantom.variation import (
+from chexgen.phantom.resample import resize_map
+from chexgen.phantom.variation import (
     Anatomy,
     Demographics,
     Site,
@@ -45,7 +47,7 @@ from chexgen.data.phantom.variation import (
     sample_site,
 )
 
-__all__ = ["CaseSpec", "Rendered", "sample_case", "render_case", "resize_map", "case_rng", "MAX_WORK_SIZE"]
+__all__ = ["CaseSpec", "Rendered", "sample_case", "render_case", "case_rng", "MAX_WORK_SIZE"]
 
 MAX_WORK_SIZE = 512
 # CT numbers are measured at ~70 keV; a chest radiograph's softer spectrum (~50 keV effective)
@@ -95,19 +97,6 @@ class Rendered:
     severity: dict[str, float]
     ctr: float
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def resize_map(arr: np.ndarray, size: int) -> np.ndarray:
-    """Area-average (or bilinear when not an integer factor) a (..., S, S) map to ``size``."""
-    s = arr.shape[-1]
-    if s == size:
-        return arr
-    if s % size == 0:
-        f = s // size
-        return arr.reshape(*arr.shape[:-2], size, f, size, f).mean(axis=(-3, -1))
-    flat = arr.reshape(-1, s, s)
-    out = np.stack([np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR if size > s else Image.Resampling.BOX)) for a in flat])
-    return out.reshape(*arr.shape[:-2], size, size)
 
 
 _PYRAMID: dict[tuple[int, int], dict[str, np.ndarray]] = {}
@@ -185,7 +174,7 @@ def _fracture(ribs: np.ndarray, rib_mask: np.ndarray, f: Finding, rng: np.random
     rr, cc = np.mgrid[0:S, 0:S].astype(np.float64)
     along = (rr - p0[0]) * t[0] + (cc - p0[1]) * t[1]
     radial = np.hypot(rr - p0[0], cc - p0[1])
-    sev = {"small": 0, "moderate": 1, "large": 2}[f.severity or "moderate"]
+    sev = SEV[f.severity or "moderate"]
     gap_mm, disp_mm = ((3.0, 1.5), (4.0, 4.0), (5.0, 8.0))[sev]
     gap = (np.abs(along) < max(gap_mm / pix / 2, 0.6)) & (radial < 12.0 / pix)
     fragment = (along >= 0) & (radial < 30.0 / pix) & ~gap

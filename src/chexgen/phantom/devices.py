@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from chexgen.data.phantom.atlas import MU_WATER, Atlas
+from chexgen.phantom.atlas import MU_WATER, Atlas
 
 __all__ = ["render_device", "catmull_rom", "tube_projection"]
 

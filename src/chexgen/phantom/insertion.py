@@ -47,7 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from chexgen.data.phantom.atlas import (
+from chexgen.data.vocabulary import SEVERITIES
+from chexgen.phantom.atlas import (
     HEART,
     LUNG_LEFT,
     LUNG_RIGHT,
@@ -55,12 +56,13 @@ from chexgen.data.phantom.atlas import (
     Atlas,
     _interp_matrix,
 )
-from chexgen.data.phantom.findings import Finding
+from chexgen.phantom.findings import Finding
+from chexgen.phantom.resample import resize_map
 
 __all__ = ["LungSpace", "Effect", "lung_space", "insert_finding", "scale_heart", "project", "project_points", "CARDIOMEGALY_SCALE", "NORMAL_HEART_SCALE"]
 
 ZONE_RANGE = {"lower": (0.0, 0.36), "middle": (0.36, 0.66), "upper": (0.66, 1.01)}
-SEV = {"small": 0, "moderate": 1, "large": 2}
+SEV = {name: i for i, name in enumerate(SEVERITIES)}  # small 0, moderate 1, large 2
 MU_FLUID = MU_WATER * 1.015
 MU_BLOOD = MU_WATER * 1.04
 MU_SOFT = MU_WATER * 1.04
@@ -375,7 +377,5 @@ def atlas_lung_mask(atlas: Atlas, side: int, size: int) -> np.ndarray:
     """The atlas's lung mask of one side at ``size`` px (area-resampled and thresholded)."""
     key = (id(atlas), side, size)
     if key not in _LUNG_MASKS:
-        from chexgen.data.phantom.render import resize_map
-
         _LUNG_MASKS[key] = resize_map(atlas.lung_mask[side].astype(np.float32), size) > 0.5
     return _LUNG_MASKS[key]

@@ -22,7 +22,9 @@ attenuation inside the right label region. Landmarks (trachea, carina, SVC,
 heart chambers, clavicles) place support devices.
 
 The atlas is cached as ``atlas_<view>_v<version>.npz`` next to the CT, so later
-runs start in well under a second.
+runs start in well under a second. A freshly built atlas is rounded to the
+cache's precision before use, so a run that builds it and a run that loads it
+render the same pixels.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, sparse
 
-from chexgen.data.phantom.geometry import VIEWS, Geometry
-from chexgen.data.phantom.source import CTVolume, cache_dir, load_ct
 from chexgen.errors import ChexgenError
+from chexgen.phantom.geometry import VIEWS, Geometry
+from chexgen.phantom.source import CTVolume, cache_dir, load_ct
 from chexgen.utils import atomic_path
 
 __all__ = ["Atlas", "load_atlas", "build_atlas", "MU_WATER", "hu_to_mu", "RIB_NAMES", "ATLAS_SIZE", "LOW_FACTOR"]
@@ -282,6 +284,18 @@ _ARRAYS = ("soft", "bone", "ribs", "heart", "lung", "lung_mask", "heart_mask", "
 _HALF = ("d_lung", "d_heart", "d_med")
 
 
+def _as_stored(atlas: Atlas) -> Atlas:
+    """The atlas with exactly the numbers its cache file holds (distance fields rounded to float16).
+
+    A fresh build must render from these and not from its float32 originals:
+    otherwise the first run on an empty cache (and the workers it forks) and every
+    later run that loads the cache draw different pixels from the same seed.
+    """
+    for k in _HALF:
+        setattr(atlas, k, getattr(atlas, k).astype(np.float16).astype(np.float32))
+    return atlas
+
+
 def _save(atlas: Atlas, path: Path) -> None:
     arrays = {k: getattr(atlas, k) for k in _ARRAYS}
     for k in _HALF:
@@ -311,6 +325,8 @@ def load_atlas(view: str = "PA", source: str | os.PathLike | None = None, cache:
     if view not in VIEWS:
         raise ChexgenError(f"unknown view {view!r}; expected one of {VIEWS}")
     folder = Path(cache) if cache is not None else cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise ChexgenError(f"--cache {folder}: is a file; expected a folder for the CT and the atlas")
     path = folder / f"atlas_{view}_v{ATLAS_VERSION}.npz"
     key = (str(path), view)
     if key in _MEMORY:
@@ -325,7 +341,7 @@ def load_atlas(view: str = "PA", source: str | os.PathLike | None = None, cache:
         atlas = None
     if atlas is None:
         log.info("building the phantom atlas for %s (once; cached in %s)", view, folder)
-        atlas = build_atlas(load_ct(source, cache=folder), view)
+        atlas = _as_stored(build_atlas(load_ct(source, cache=folder), view))
         folder.mkdir(parents=True, exist_ok=True)
         _save(atlas, path)
     _MEMORY[key] = atlas

@@ -1,9 +1,10 @@
 """Which findings a phantom case has: finding specs, prevalence configs and sampling.
 
-A :class:`Finding` is the structured truth the report writer and the renderer
-share: the canonical label (one of :data:`chexgen.data.labels.LABELS`), side,
-severity (small / moderate / large), zone (upper / middle / lower) and a kind
-(nodule vs mass, device type, pleural thickening form).
+A :class:`~chexgen.data.vocabulary.Finding` is the structured truth the report
+writer and the renderer share: the canonical label (one of
+:data:`chexgen.data.labels.LABELS`), side, severity (small / moderate / large),
+zone (upper / middle / lower) and a kind (nodule vs mass, device type, pleural
+thickening form), in the words of :mod:`chexgen.data.vocabulary`.
 
 Prevalence configs:
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chexgen.data.labels import LABELS, normalize_label_name
+from chexgen.data.vocabulary import SEVERITIES, ZONES, Finding
 from chexgen.errors import ChexgenError
 
 __all__ = [
@@ -45,8 +47,6 @@ __all__ = [
     "PARENCHYMAL",
 ]
 
-SEVERITIES = ("small", "moderate", "large")
-ZONES = ("upper", "middle", "lower")
 DEVICE_KINDS = ("et_tube", "central_line", "pacemaker")
 PATHOLOGIES = tuple(name for name in LABELS if name != "No Finding")
 # Findings that fill air spaces: they count for the RALO-like severity score.
@@ -68,24 +68,6 @@ MIMIC_PREVALENCE: dict[str, float] = {
     "Fracture": 0.02,
     "Support Devices": 0.29,
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One finding of a case, in the shape the report writer reads (``record.extra['findings']``)."""
-
-    label: str
-    side: str | None = None  # "left" | "right" | "bilateral" | None
-    severity: str | None = None  # "small" | "moderate" | "large" | None
-    zone: str | None = None  # "upper" | "middle" | "lower" | None
-    kind: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def slug(self) -> str:
-        return (self.kind or self.label).lower().replace(" ", "_")
 
 
 @dataclass(frozen=True)
