@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +78,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_block(block: Block, cwd: Path, index: int) -> None:
-    """Run one block in ``cwd``; fail with its output and where it lives in the page."""
+    """Run one block in ``cwd``; fail with its output and where it lives in the page.
+
+    Prints the block's wall and CPU seconds (``pytest -s`` shows them: the budget is CPU time, since a
+    shared machine stretches wall time)."""
+    wall, cpu = time.perf_counter(), _children_cpu_s()
     if block.lang == "bash":
         cmd = ["bash", "-euo", "pipefail", "-c", block.code]
     else:
@@ -86,6 +97,8 @@ def run_block(block: Block, cwd: Path, index: int) -> None:
         cmd = [sys.executable, script.name]
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
                           stdin=subprocess.DEVNULL)
+    print(f"docs/{block.page}:{block.line}: {block.lang} {time.perf_counter() - wall:.1f} s wall, "
+          f"{_children_cpu_s() - cpu:.1f} s CPU")
     if proc.returncode != 0:
         pytest.fail(f"docs/{block.page}:{block.line}: {block.lang} block exited {proc.returncode}\n--- code\n"
                     f"{block.code}--- stdout (tail)\n{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-4000:]}",
@@ -102,6 +115,9 @@ def test_pages_have_runnable_blocks_and_skip_reasons():
             assert b.skip is None or b.skip.strip(), f"docs/{page}:{b.line}: skip marker without a reason"
             if b.lang in RUNNABLE and b.skip is None:
                 assert "pip install" not in b.code, f"docs/{page}:{b.line}: installs must be marked skip"
+            if b.skip and ".ci/run" in b.skip:  # "runs in CI elsewhere" must be true
+                command = " ".join(b.code.split()[:3])
+                assert command in (ROOT / ".ci" / "run").read_text(), f"docs/{page}:{b.line}: {command!r} not in .ci/run"
 
 
 def test_extract_blocks_reads_languages_and_skips(tmp_path):
