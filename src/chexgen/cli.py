@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-vae": ("train_vae", "Train or fine-tune the small grayscale VAE used by small presets."),
     "train-control": ("train_control", "Train a ControlNet adapter for mask / box guided synthesis."),
     "evaluate": ("evaluate", "Compare a synthetic manifest with a real one: fidelity, diversity, correctness."),
+    "benchmark": ("benchmark", "Generate with several models (chexgen, diffusers, ...) and compare them in one report."),
     "downstream": ("downstream", "Downstream experiments: augmentation, pretraining, fairness."),
     "convert-official": ("convert_official", "Convert an official ChexGen checkpoint into a chexgen pipeline folder."),
     "presets": ("presets", "List the model presets and what each one fixes."),

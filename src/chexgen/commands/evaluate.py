@@ -15,15 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", required=True, metavar="MANIFEST", help="Real manifest (JSONL / Parquet).")
     p.add_argument("--synthetic", required=True, metavar="MANIFEST", help="Synthetic manifest to evaluate.")
     p.add_argument("--out", required=True, metavar="DIR", help="Output folder for report.html and metrics.json.")
-    p.add_argument("--features", default="xrv", metavar="xrv|clip|inception|PATH",
+    p.add_argument("--features", default="xrv", metavar="xrv|clip|inception|rad-dino|dinov2|PATH",
                    help="Feature extractor: TorchXRayVision DenseNet121, open_clip image encoder, FID "
-                        "Inception-v3, or the path of a classifier: a chexgen classifier folder "
+                        "Inception-v3, RAD-DINO, DINOv2, or the path of a classifier: a chexgen classifier folder "
                         "(chexgen downstream classifier), a TorchScript file, or a pickled module "
                         "(only with --trust-pickle).")
     p.add_argument("--weights", default=None,
                    help="Extractor weights. xrv: weights name (densenet121-res224-all, -chex, -mimic_ch, ...) or "
                         "local file; clip: MODEL:PRETRAINED (e.g. ViT-L-14:openai or ViT-L-14:/path/ckpt.pt); "
-                        "inception: local .pth of torch-fidelity's FID Inception weights.")
+                        "inception: local .pth of torch-fidelity's FID Inception weights; rad-dino / dinov2: hub id "
+                        "or local transformers folder (default microsoft/rad-dino / facebook/dinov2-base).")
     p.add_argument("--random-init", action="store_true",
                    help="Use a randomly initialised extractor (offline pipeline check only; numbers are not "
                         "comparable with anything).")
@@ -45,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="Refuse image paths of the manifests that resolve (symlinks followed) outside DIR; they "
                         "are listed as rejects (default: no confinement).")
+    p.add_argument("--reid-weights", default=None, metavar="PATH",
+                   help="Patient re-identification network weights (CheXGenBench's Siamese ResNet-50 state dict, "
+                        "ResNet-50_epoch11_data_handling_RPN.pth): scores every synthetic image against every "
+                        "training image (--train, default the real manifest).")
+    p.add_argument("--reid-threshold", type=probability, default=0.5,
+                   help="Re-identification score above which a synthetic image counts as matching a training patient.")
     p.add_argument("--image-size", type=positive_int, default=224, help="Input size for a chexgen classifier extractor.")
     p.add_argument("--analysis-size", type=positive_int, default=256,
                    help="Pixel size of the gray copies used for SSIM, MS-SSIM, memorisation and figures.")
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter=args.segmenter, image_size=args.image_size, analysis_size=args.analysis_size,
         batch_size=args.batch_size, memorisation_ssim=args.memorisation_ssim, tsne=not args.no_tsne,
         device=args.device, seed=args.seed, trust_pickle=args.trust_pickle, data_root=args.data_root,
+        reid_weights=args.reid_weights, reid_threshold=args.reid_threshold,
     )
     results = run_evaluation(opts, folder_loader=load_classifier)
     m = results["metrics"]

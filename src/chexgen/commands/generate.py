@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chexgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("prompts (one of)")
     src.add_argument("text", nargs="*", default=[], metavar="PROMPT",
@@ -30,9 +31,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--demographic-prompts", action="store_true",
                      help="With a manifest: prefix prompts with sex/age/race the way official ChexGen prompts do.")
     m = parser.add_argument_group("model")
-    m.add_argument("--model", type=Path, default=None,
-                   help="Pipeline folder (from save_pretrained, chexgen train or chexgen convert-official). "
-                        "Default: the bundled demo model, if installed.")
+    m.add_argument("--model", default=None, metavar="FOLDER_OR_HUB_ID",
+                   help="A chexgen pipeline folder (chexgen_config.json: from chexgen train, demo or "
+                        "convert-official), a diffusers text-to-image pipeline folder (model_index.json) or a hub id "
+                        "such as stanfordmimi/RoentGen-v2 (read from the local Hugging Face cache when "
+                        "HF_HUB_OFFLINE=1). Default: the bundled demo model, if installed.")
+    m.add_argument("--backend", choices=("chexgen", "diffusers", "monai"), default=None,
+                   help="Force the backend instead of reading it off --model (a mismatch is an error; MONAI "
+                        "bundles are refused with the reason).")
+    m.add_argument("--prompt-template", default=None, metavar="TEMPLATE",
+                   help="Build each prompt from its manifest record, e.g. '{age} year old {race} {sex}. "
+                        "{impression}' or a named template (roentgen-v2, impression). Fields: {impression} (the "
+                        "prompt text), {report}, {sex} (male/female/other), {Sex}, {age} (whole years), {race}, "
+                        "{view}. A field a record lacks is an error before anything is generated.")
+    m.add_argument("--negative-prompt", default=None,
+                   help="Diffusers pipelines: the negative prompt (default: the pipeline's own, usually none).")
+    m.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="Diffusers pipelines: weight / compute precision (default float32; float16 on GPUs).")
     m.add_argument("--preset", default=None,
                    help="Instead of --model, build an UNTRAINED model from this preset (smoke tests; images are "
                         "noise). See `chexgen presets`.")
@@ -47,13 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0,
                    help="Base seed; image k of prompt i uses seed + i * num_images_per_prompt + k.")
     s.add_argument("--sampler", default=None,
-                   help=f"Sampler: {', '.join(SAMPLERS)} (default: the model's own; the bundled demo model stores "
-                        "iddpm).")
+                   help=f"Sampler of chexgen models: {', '.join(SAMPLERS)} (default: the model's own; the bundled "
+                        "demo model stores iddpm). Diffusers pipelines always use their own scheduler.")
     s.add_argument("--steps", type=int, default=None,
                    help="Sampling steps (default: the model's own, else the sampler's: "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ").")
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+                        + "; a diffusers pipeline's documented default, e.g. 50 for Stable Diffusion).")
     s.add_argument("--guidance", type=float, default=None,
-                   help="Classifier-free guidance scale (default: the model's own, 4.0 unless it stores another).")
+                   help="Classifier-free guidance scale (default: the model's own, 4.0 unless it stores another; a "
+                        "diffusers pipeline's documented default, e.g. 7.5 for Stable Diffusion).")
     o = parser.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="Output folder: images/*.png, manifest.jsonl, generation.json. Rerunning resumes.")
@@ -112,6 +129,8 @@ def _options(args: argparse.Namespace):
     return GenerateOptions(
         out=args.out, texts=list(args.text or []) + list(args.prompt or []), prompts_file=args.prompts,
         column=args.column, manifest=args.manifest, demographic=args.demographic_prompts, model=args.model,
+        backend=args.backend, prompt_template=args.prompt_template, negative_prompt=args.negative_prompt,
+        dtype=args.dtype,
         preset=args.preset, text_encoder=args.text_encoder, device=args.device, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, num_images_per_prompt=args.num_images_per_prompt,
         batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,

@@ -32,7 +32,7 @@ from chexgen.errors import ChexgenError
 from chexgen.utils import atomic_path
 
 __all__ = ["load_gray", "fit_square", "quantize", "save_png", "read_png_text", "RESIZE_POLICIES", "DICOM_SUFFIXES",
-           "MAX_IMAGE_PIXELS", "max_image_pixels"]
+           "MAX_IMAGE_PIXELS", "max_image_pixels", "is_dicom"]
 
 RESIZE_POLICIES = ("crop", "pad")
 
@@ -62,7 +62,8 @@ def _check_size(path: Path, width: int, height: int) -> None:
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file (by suffix, else by the ``DICM`` magic at byte 128)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
@@ -124,7 +125,7 @@ def load_gray(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ChexgenError(f"{path}: image not found")
-    if _is_dicom(path):
+    if is_dicom(path):
         try:
             return _load_dicom(path)
         except ChexgenError:

@@ -32,6 +32,9 @@ Extractors (``build_extractor(kind, weights)``):
   ``f(x: [B,1,H,W] in [0,1]) ->`` features, or ``(features, scores)``, or a
   dict with ``"features"`` and / or ``"scores"`` (``"logits"`` accepted).
   This is the interface :mod:`chexgen.downstream` classifiers plug into.
+* ``rad-dino`` / ``dinov2``: RAD-DINO (``microsoft/rad-dino``) and DINOv2 (``facebook/dinov2-base`` or
+  any size) through transformers, with their own image processors; ``weights`` is a hub id or a
+  local folder (:mod:`chexgen.evaluation.dino`).
 
 Offline tests build the same classes with random weights
 (``random_init=True``); the weight-loading paths above are the real ones.
@@ -69,7 +72,7 @@ __all__ = [
     "write_random_inception_weights",
 ]
 
-EXTRACTOR_KINDS = ("xrv", "clip", "inception")
+EXTRACTOR_KINDS = ("xrv", "clip", "inception", "rad-dino", "dinov2")
 DEFAULT_XRV_WEIGHTS = "densenet121-res224-all"
 DEFAULT_CLIP_WEIGHTS = "ViT-L-14:openai"
 
@@ -402,7 +405,7 @@ class ClassifierExtractor(FeatureExtractor):
 def build_extractor(
     kind: str, weights: str | None = None, device="cpu", random_init: bool = False
 ) -> FeatureExtractor:
-    """Make an extractor by kind (``xrv``, ``clip``, ``inception``); see the module doc for ``weights``."""
+    """Make an extractor by kind (``xrv``, ``clip``, ``inception``, ``rad-dino``, ``dinov2``); see the module doc."""
     if kind == "xrv":
         return XRVDenseNetExtractor.from_weights(weights, device=device, random_init=random_init)
     if kind == "clip":
@@ -413,6 +416,12 @@ def build_extractor(
 
             weights = str(write_random_inception_weights(Path(tempfile.mkdtemp()) / "inception-random.pth"))
         return InceptionV3Extractor(weights, device=device)
+    if kind in ("rad-dino", "dinov2"):
+        if random_init:
+            raise ChexgenError(f"--random-init is not available for {kind}: pass a local folder with --weights")
+        from chexgen.evaluation.dino import HFVisionExtractor
+
+        return HFVisionExtractor.from_pretrained(kind, weights, device=device)
     raise ChexgenError(f"unknown feature extractor {kind!r}; expected one of {EXTRACTOR_KINDS} or a classifier path")
 
 

@@ -114,17 +114,19 @@ def render_html(results: dict, figures: Sequence[Figure] = (), title: str = "che
     sections.append(s)
 
     metrics = results.get("metrics", {})
-    s = _Section("Metrics")
-    rows = []
-    for name, m in metrics.items():
-        level = m.get("level")
-        ci = "–"
-        if m.get("low") is not None and m.get("high") is not None:
-            ci = f"[{_fmt(m['low'])}, {_fmt(m['high'])}]"
-        rows.append((name, m.get("value"), ci, f"{int(round(100 * level))}%" if level else "–",
-                     m.get("better", ""), m.get("description", "")))
-    s.body.append(_table(["metric", "value", "bootstrap CI", "level", "better", "what it measures"], rows, "metrics"))
-    sections.append(s)
+    if metrics:  # a caller with its own summary tables (e.g. the benchmark) may leave this out
+        s = _Section("Metrics")
+        rows = []
+        for name, m in metrics.items():
+            level = m.get("level")
+            ci = "–"
+            if m.get("low") is not None and m.get("high") is not None:
+                ci = f"[{_fmt(m['low'])}, {_fmt(m['high'])}]"
+            rows.append((name, m.get("value"), ci, f"{int(round(100 * level))}%" if level else "–",
+                         m.get("better", ""), m.get("description", "")))
+        s.body.append(_table(["metric", "value", "bootstrap CI", "level", "better", "what it measures"], rows,
+                             "metrics"))
+        sections.append(s)
 
     per_class = results.get("per_class", {})
     if per_class:

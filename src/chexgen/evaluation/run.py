@@ -52,6 +52,8 @@ class EvaluateOptions:
     seed: int = 0
     trust_pickle: bool = False
     data_root: str | None = None
+    reid_weights: str | None = None
+    reid_threshold: float = 0.5
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -127,11 +129,18 @@ def run_evaluation(opts: EvaluateOptions, folder_loader: FolderLoader | None = N
     cfg = EvaluationConfig(
         max_images=opts.max_images, bootstrap=opts.bootstrap, distribution_bootstrap=opts.distribution_bootstrap,
         analysis_size=opts.analysis_size, batch_size=opts.batch_size, memorisation_ssim=opts.memorisation_ssim,
-        tsne=opts.tsne, seed=opts.seed,
+        tsne=opts.tsne, seed=opts.seed, reid_threshold=opts.reid_threshold,
     )
+    if not 0.0 <= opts.reid_threshold <= 1.0:
+        raise ChexgenError(f"--reid-threshold must be within [0, 1], got {opts.reid_threshold}")
     extractor = build_extractor_for(opts, folder_loader)
     segmenter = load_module_file(opts.segmenter, "segmenter", opts.trust_pickle) if opts.segmenter else None
+    reid_net = None
+    if opts.reid_weights:
+        from chexgen.evaluation.reid import load_reid_network
+
+        reid_net = load_reid_network(opts.reid_weights, device=opts.device)
     results = evaluate_manifests(opts.real, opts.synthetic, opts.out, extractor, cfg,
                                  compare_manifest=opts.compare, train_manifest=opts.train, segmenter=segmenter,
-                                 data_root=opts.data_root)
+                                 data_root=opts.data_root, reid_net=reid_net)
     return results

@@ -73,6 +73,7 @@ class EvaluationConfig:
     tsne_max: int = 1000  # per set
     grid_images: int = 6  # per row in the per-finding grids
     closest_pairs: int = 8
+    reid_threshold: float = 0.5  # score above which the re-identification network calls it the same patient
     seed: int = 0
     progress: bool = True
 
@@ -398,6 +399,28 @@ def _control(syn: LoadedSet, segmenter: Callable, cfg: EvaluationConfig, warning
     }
 
 
+def _reid(net: torch.nn.Module, syn: LoadedSet, train: LoadedSet, cfg: EvaluationConfig, results: dict) -> dict:
+    """Re-identification metrics of ``syn`` against ``train``; the details go to ``results["reid"]``."""
+    from chexgen.evaluation.reid import compute_reid, source_rows
+
+    res = compute_reid(net, _images_t(syn), _images_t(train), threshold=cfg.reid_threshold,
+                       source_index=source_rows(train.records, syn.records), batch_size=cfg.batch_size)
+    order = np.argsort(-np.asarray(res.best_score))[: cfg.closest_pairs]
+    results["reid"] = {**res.summary(), "histogram": res.histogram, "closest": [
+        {"synthetic_id": syn.records[i].id, "train_id": train.records[res.best_index[i]].id,
+         "score": res.best_score[i]} for i in order]}
+    thr = cfg.reid_threshold
+    return {
+        "reid_fraction": _entry(bootstrap_ci(np.mean, np.asarray(res.flagged, np.float64), n_boot=cfg.bootstrap,
+                                             level=cfg.level, seed=cfg.seed), "lower",
+                                f"share of synthetic images the re-identification network matches to a training "
+                                f"patient (best score > {thr:g})"),
+        "reid_score_mean": _entry(bootstrap_ci(np.mean, np.asarray(res.best_score), n_boot=cfg.bootstrap,
+                                               level=cfg.level, seed=cfg.seed), "lower",
+                                  "mean over synthetic images of the best same-patient score against training images"),
+    }
+
+
 def evaluate_sets(
     real: LoadedSet,
     syn: LoadedSet,
@@ -406,8 +429,10 @@ def evaluate_sets(
     compare: LoadedSet | None = None,
     segmenter: Callable | None = None,
     extractor_info: dict | None = None,
+    reid_net: torch.nn.Module | None = None,
 ) -> tuple[dict, list[Figure]]:
-    """Every metric of ``syn`` against ``real`` (memorisation against ``train``, default ``real``)."""
+    """Every metric of ``syn`` against ``real`` (memorisation and re-identification against ``train``,
+    default ``real``; re-identification only with ``reid_net``, see :mod:`chexgen.evaluation.reid`)."""
     from chexgen import __version__
 
     warnings: list[str] = []
@@ -448,6 +473,8 @@ def evaluate_sets(
             "ssim": mem.ssim[i], "feature_train_id": train.records[mem.feature_nn[i]].id,
             "feature_distance": mem.feature_distance[i], "flagged": mem.flagged[i]} for i in order],
     }
+    if reid_net is not None:
+        results["metrics"].update(_reid(reid_net, syn, train, cfg, results))
     if segmenter is not None:
         ctrl = _control(syn, segmenter, cfg, warnings)
         if ctrl is not None:
@@ -481,6 +508,7 @@ def evaluate_manifests(
     train_manifest: str | os.PathLike | None = None,
     segmenter: Callable | None = None,
     data_root: str | os.PathLike | None = None,
+    reid_net: torch.nn.Module | None = None,
 ) -> dict:
     """Load the manifests, evaluate, write ``report.html`` + ``metrics.json`` into ``out_dir``; return results.
 
@@ -521,7 +549,7 @@ def evaluate_manifests(
         tp = Path(train_manifest)
         train = load(read(tp, cfg.max_images), tp)
     results, figures = evaluate_sets(real, syn, cfg, train=train, compare=compare, segmenter=segmenter,
-                                     extractor_info=extractor.describe())
+                                     extractor_info=extractor.describe(), reid_net=reid_net)
     rejects_path = rejects.write(Path(out_dir) / "rejects.jsonl")
     results["rejects"] = {"count": len(rejects), "file": str(rejects_path)}
     if rejects:

@@ -1,9 +1,11 @@
 """One generation job from options to folder: what ``chexgen generate`` runs.
 
 :func:`run_generation` checks every option and input before the output folder is created,
-loads the model (a pipeline folder, an untrained preset, or the bundled demo model), adds the
-ControlNet adapter when masks / boxes are given, sets up the processes (``accelerate launch`` /
-``torchrun`` shard the plan; a CPU machine gets gloo processes) and runs the engine.
+loads the model (a chexgen pipeline folder, an untrained preset, the bundled demo model, or a diffusers
+pipeline by folder or hub id: :mod:`chexgen.generation.backends.select` tells which), adds the
+ControlNet adapter when masks / boxes are given, renders the prompts through the model's prompt
+template, sets up the processes (``accelerate launch`` / ``torchrun`` shard the plan; a CPU machine
+gets gloo processes) and runs the engine.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class GenerateOptions:
     """Everything a generation job needs (the options of ``chexgen generate``; see its ``--help``).
 
     texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
-    model / preset / text_encoder / device: the generator. control_model / conditions /
-    conditioning_scale: spatial control. sampler / steps / guidance (None = the model's defaults),
-    num_images_per_prompt, batch_size, seed: sampling. out / bits / image_format (png, dicom, both) /
-    watermark / progress: output.
+    model (a folder or a hub id) / backend (None = read off the model) / preset / text_encoder / device /
+    dtype: the generator. prompt_template: how prompts are built from the records (see
+    :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale: spatial control.
+    sampler / steps / guidance / negative_prompt (None = the model's defaults), num_images_per_prompt,
+    batch_size, seed: sampling. out / bits / image_format (png, dicom, both) / watermark / progress: output.
     """
 
     out: Path
@@ -41,7 +44,8 @@ class GenerateOptions:
     column: str | None = None
     manifest: bool = False
     demographic: bool = False
-    model: Path | None = None
+    model: "Path | str | None" = None
+    backend: str | None = None
     preset: str | None = None
     text_encoder: str | None = None
     device: str | None = None
@@ -58,6 +62,9 @@ class GenerateOptions:
     control_model: Path | None = None
     conditions: ConditionOptions = field(default_factory=ConditionOptions)
     conditioning_scale: float = 1.0
+    prompt_template: str | None = None
+    negative_prompt: str | None = None
+    dtype: str | None = None
 
 
 def collect_prompts(opts: GenerateOptions, required: bool = True) -> list[PromptItem]:
@@ -65,13 +72,21 @@ def collect_prompts(opts: GenerateOptions, required: bool = True) -> list[Prompt
     if opts.texts and opts.prompts_file:
         raise ChexgenError("give prompts directly (PROMPT / --prompt) or with --prompts FILE, not both")
     if opts.texts:
-        return prompts_from_texts(opts.texts, where="prompt number")
-    if opts.prompts_file is not None:
-        return read_prompts(opts.prompts_file, column=opts.column, manifest=opts.manifest or None,
-                            demographic=opts.demographic)
-    if required:
+        items = prompts_from_texts(opts.texts, where="prompt number")
+    elif opts.prompts_file is not None:
+        items = read_prompts(opts.prompts_file, column=opts.column, manifest=opts.manifest or None,
+                             demographic=opts.demographic)
+    elif required:
         raise ChexgenError("no prompts: give PROMPT, --prompt TEXT or --prompts FILE")
-    return []
+    else:
+        items = []
+    if opts.prompt_template is not None and items:
+        from chexgen.generation.templates import apply_template
+
+        if opts.demographic:
+            raise ChexgenError("give --demographic-prompts or --prompt-template, not both")
+        items = apply_template(items, opts.prompt_template)
+    return items
 
 
 def _use_cpu(device: str | None) -> bool:
@@ -124,6 +139,51 @@ def _control_model(opts: GenerateOptions) -> Path | None:
                        "the bundled demo adapter is the default only when --model is not given")
 
 
+def _model_source(opts: GenerateOptions):
+    """The checked model source of ``--model`` (None: a preset or the bundled model, both chexgen)."""
+    from chexgen.generation.backends.select import detect_backend
+
+    if opts.model is None:
+        if opts.backend not in (None, "chexgen"):
+            raise ChexgenError(f"--backend {opts.backend} needs --model (a folder or a hub id)")
+        return None
+    return detect_backend(opts.model, opts.backend)
+
+
+def _templated(backend, opts: GenerateOptions):
+    if opts.prompt_template is None:
+        return backend
+    from chexgen.generation.templates import TemplatedBackend, parse_template
+
+    return TemplatedBackend(backend, parse_template(opts.prompt_template))
+
+
+def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult:
+    """A diffusers pipeline: no chexgen-only options, prompts checked, then load and run the engine."""
+    from accelerate import PartialState
+
+    from chexgen.generation.backends.diffusers import DiffusersBackend
+
+    chexgen_only = [flag for flag, given in (
+        ("--preset", opts.preset is not None), ("--sampler", opts.sampler is not None),
+        ("--text-encoder", opts.text_encoder is not None), ("--control-model", opts.control_model is not None),
+        ("--masks/--boxes", opts.conditions.requested)) if given]
+    if chexgen_only:
+        raise ChexgenError(f"{', '.join(chexgen_only)}: chexgen pipelines only; a diffusers pipeline uses its own "
+                           "scheduler and text encoder")
+    items = collect_prompts(opts)
+    state = PartialState(cpu=_use_cpu(opts.device))
+    backend = DiffusersBackend.load(source.diffusers, device=opts.device or str(state.device), dtype=opts.dtype,
+                                    progress=opts.progress, steps=opts.steps, guidance=opts.guidance,
+                                    negative_prompt=opts.negative_prompt)
+    return generate_to_folder(
+        _templated(backend, opts), items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed,
+        bits=opts.bits, batch_size=opts.batch_size, rank=state.process_index, world=state.num_processes,
+        barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
+        image_format=opts.image_format, watermark=opts.watermark,
+    )
+
+
 def run_generation(opts: GenerateOptions) -> GenerationResult:
     """Run one generation job (see the module docstring); returns this process's counts."""
     from chexgen.generation.backends import ChexGenBackend
@@ -146,6 +206,12 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
         raise ChexgenError("--preset cannot be combined with --control-model")
     if control_dir is not None and not opts.conditions.requested:
         raise ChexgenError("--control-model needs conditions: give --masks and/or --boxes")
+    source = _model_source(opts)
+    if source is not None and source.backend == "diffusers":
+        return _run_diffusers(opts, source, out)
+    if opts.negative_prompt is not None or opts.dtype is not None:
+        raise ChexgenError("--negative-prompt / --dtype: diffusers pipelines only (chexgen models compute in fp32 "
+                           "and guide with the null caption)")
     items = collect_prompts(opts, required=control_dir is None)
     rejects: list[dict[str, Any]] = []
     conditions = read_conditions(opts.conditions, rejects) if control_dir is not None else None
@@ -160,8 +226,8 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
     control = None
     if control_dir is not None:
         control = ChexGenControlPipeline.from_pretrained(control_dir, base=pipe)
-    backend = ChexGenBackend(pipe, sampling, model_name=model_name, control=control,
-                             conditioning_scale=opts.conditioning_scale)
+    backend = _templated(ChexGenBackend(pipe, sampling, model_name=model_name, control=control,
+                                        conditioning_scale=opts.conditioning_scale), opts)
     return generate_to_folder(
         backend, items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed, bits=opts.bits,
         batch_size=opts.batch_size, conditions=conditions, rank=state.process_index, world=state.num_processes,

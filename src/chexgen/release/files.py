@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from chexgen.data.imageio import DICOM_SUFFIXES
+from chexgen.data.imageio import DICOM_SUFFIXES, is_dicom
 from chexgen.errors import ChexgenError
 
 __all__ = ["ImageFile", "read_image_file", "IMAGE_SUFFIXES", "SYNTHETIC_KEY", "PROVENANCE_KEY", "is_image_path"]
@@ -44,17 +44,6 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _gray(im) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(im, dtype=np.uint16)
@@ -71,7 +60,7 @@ def read_image_file(path: str | os.PathLike) -> ImageFile:
     p = Path(path)
     if not p.is_file():
         raise ChexgenError(f"{p}: image not found")
-    if _is_dicom(p):
+    if is_dicom(p):
         from chexgen.release.dicom import dicom_marking, dicom_pixels, read_dicom_dataset
 
         ds = read_dicom_dataset(p)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 from chexgen.errors import ChexgenError
 from chexgen.generation.backends.base import GeneratedBatch, GeneratorBackend
 from chexgen.pipelines.base import SamplingSettings, image_generators
