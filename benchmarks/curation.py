@@ -70,7 +70,7 @@ def bench_curation(sources: list[str], limit: int | None, out_dir: Path, fmt: st
     w, c = clock.lap()
     rows.append((f"write manifest ({fmt}, {path.stat().st_size / 1e6:.0f} MB)", len(curated), w, c))
     print(f"\n## Curation: {' + '.join(sources)}, template writer, seed {seed}\n")
-    print(f"| stage | records | wall s | CPU s | records/s (wall) |\n|---|---:|---:|---:|---:|")
+    print("| stage | records | wall s | CPU s | records/s (wall) |\n|---|---:|---:|---:|---:|")
     for name, n, w, c in rows:
         print(f"| {name} | {n} | {w:.1f} | {c:.1f} | {n / w:,.0f} |")
     total_w = sum(r[2] for r in rows)

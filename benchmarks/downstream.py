@@ -84,12 +84,11 @@ def main() -> None:
     elif args.generator:
         synth = work / "generated" / "manifest.jsonl"
         train_prompts = work / "real_train.jsonl"
-        from chexgen.data.manifest import write_manifest
-
         # Prompts: a label-stratified subset of the real training cases (their labels and
         # demographics), 1.5x the size the mix needs, so the pool keeps the real label distribution.
         import numpy as np
 
+        from chexgen.data.manifest import write_manifest
         from chexgen.downstream.sampling import label_key_fn, subsample_fraction
 
         train = [r for r in read_manifest(real) if r.split == "train"]

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-
 _CPU: dict[str, float] = {}
 
 
@@ -56,7 +55,7 @@ def bench_extractors(n_images: int, batch: int, clip_model: str) -> dict[str, fl
     for name, make in cases:
         ex = make()
         ex(images[:1])  # warm-up (allocations, lazy init)
-        secs = _time(lambda: [ex(images[i : i + batch]) for i in range(0, n_images, batch)], key=name)
+        secs = _time(lambda ex=ex: [ex(images[i : i + batch]) for i in range(0, n_images, batch)], key=name)
         out[name] = n_images / secs
         out[name + " per_cpu_s"] = n_images / _CPU[name]
         print(f"{name:<64s} {out[name]:8.2f} images/s wall, {out[name + ' per_cpu_s']:6.2f} images/CPU-s "

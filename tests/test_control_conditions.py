@@ -23,8 +23,8 @@ from chexgen.data.condition_sources import (
 from chexgen.data.conditions import (
     PALETTE,
     FrameToSquare,
-    RecordConditionRenderer,
     LabelledMask,
+    RecordConditionRenderer,
     decode_rle,
     encode_rle,
     extract_boxes,

@@ -6,17 +6,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from chexgen.data.conditions import encode_rle
 from chexgen.data.imageio import read_png_text
 from chexgen.data.manifest import read_manifest
 from chexgen.errors import ChexgenError
-from chexgen.models.controlnet import ChexGenControlNet
-from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.generation import ChexGenBackend, ConditionOptions, PromptItem, generate_to_folder, read_conditions
 from chexgen.generation.conditions import parse_mask_classes
+from chexgen.models.controlnet import ChexGenControlNet
+from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipelines import ChexGenControlPipeline, ChexGenPipeline
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests

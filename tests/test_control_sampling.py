@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from chexgen.pipelines.control import ChexGenControlPipeline, control_model_fn
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import LabelledMask
 from chexgen.data.manifest import Box
@@ -15,6 +14,7 @@ from chexgen.errors import ChexgenError
 from chexgen.models.controlnet import ChexGenControlNet, controlled_forward
 from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipelines import ChexGenPipeline
+from chexgen.pipelines.control import ChexGenControlPipeline, control_model_fn
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests
 

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from chexgen.cli import main
-from chexgen.pipelines.control import ChexGenControlPipeline
 from chexgen.data.condition_sources import ConditionInput
 from chexgen.data.conditions import record_condition
 from chexgen.data.imageio import save_png
 from chexgen.data.manifest import Box, Record, write_manifest
 from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.pipelines import ChexGenPipeline
+from chexgen.pipelines.control import ChexGenControlPipeline
 from chexgen.training.cache import CacheSpec, prepare_cache
 
 SMALL_VAE = VAESpec(kind="gray", block_out_channels=(8, 8, 16, 16))  # fast decode in tests

@@ -10,7 +10,7 @@ import pytest
 from chexgen.cli import main
 from chexgen.curation.output import record_row, write_curated_manifest
 from chexgen.curation.pipeline import curate_records
-from chexgen.curation.report_writer import ReportWriter, Report, TemplateReportWriter
+from chexgen.curation.report_writer import Report, ReportWriter, TemplateReportWriter
 from chexgen.curation.selections import apply_selection, by_views, format_steps, paper_selection
 from chexgen.curation.statistics import compute_stats, write_stats
 from chexgen.data.manifest import Record, read_manifest

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_tiny_pipeline
 
 from chexgen.cli import main
 from chexgen.data.imageio import read_png_text
@@ -12,8 +13,6 @@ from chexgen.demo import DemoConfig, bundled_model_dir, nlmcxr_prompts, pack_dem
 from chexgen.downstream.classifier import save_classifier
 from chexgen.downstream.models import ModelSpec, build_model
 from chexgen.errors import ChexgenError
-
-from conftest import make_tiny_pipeline
 
 CLASSES = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
 

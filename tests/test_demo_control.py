@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_tiny_pipeline
 
 from chexgen.cli import main
 from chexgen.data.condition_sources import ConditionInput
@@ -11,8 +12,6 @@ from chexgen.data.conditions import LabelledMask, resolve_class
 from chexgen.data.manifest import Box, read_manifest
 from chexgen.demo.control import condition_impression, localisation_ratio, real_control_examples
 from chexgen.errors import ChexgenError
-
-from conftest import make_tiny_pipeline
 
 TRAINED = ["Atelectasis", "Cardiomegaly", "Lung Lesion", "Pleural Effusion", "Pneumothorax"]
 

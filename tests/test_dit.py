@@ -20,11 +20,11 @@ def _randomised(**kw) -> ChexGenDiT:
     return m
 
 
-def _inputs(b=2, l=6, c=16):
+def _inputs(b=2, n=6, c=16):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(b, 4, 8, 8, generator=g)
-    e = torch.randn(b, l, c, generator=g)
-    mask = torch.ones(b, l, dtype=torch.long)
+    e = torch.randn(b, n, c, generator=g)
+    mask = torch.ones(b, n, dtype=torch.long)
     mask[:, 3:] = 0
     return x, e, mask
 

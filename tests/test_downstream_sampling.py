@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from chexgen.data.manifest import Record
-from chexgen.downstream.sampling import age_band, k_shot, label_key_fn, mix_synthetic, parity_additions, subsample_fraction
+from chexgen.downstream.sampling import (
+    age_band,
+    k_shot,
+    label_key_fn,
+    mix_synthetic,
+    parity_additions,
+    subsample_fraction,
+)
 
 CLASSES = ("Cardiomegaly", "Edema")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from conftest import make_tiny_pipeline
+from PIL import Image
 
 from chexgen.cli import main
 from chexgen.data.imageio import read_png_text

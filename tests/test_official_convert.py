@@ -351,9 +351,9 @@ def test_paper_size_keys_and_shapes_fit_on_the_meta_device():
     """DiT-XL/2 at 512 px and its 13-block control adapter, checked without allocating any weights."""
     from accelerate import init_empty_weights
 
-    from chexgen.pipelines.convert_official import reference_specs as _specs
     from chexgen.models.controlnet import ChexGenControlNet
     from chexgen.models.official import build_empty_transformer, check_keys, map_official_state_dict
+    from chexgen.pipelines.convert_official import reference_specs as _specs
 
     h, d = 1152, 28
     shapes = {"x_embedder.proj.weight": (h, 4, 2, 2), "x_embedder.proj.bias": (h,),

@@ -218,10 +218,10 @@ def test_cohort_reports_come_from_the_writer_the_caller_passes(atlas, tmp_path, 
 def test_prevalence_mimic_and_balanced(tmp_path):
     rng = np.random.default_rng(0)
     mimic = [labels_from_findings(sample_findings(rng, PREV)) for _ in range(3000)]
-    eff = np.mean([l["Pleural Effusion"] for l in mimic])
+    eff = np.mean([lab["Pleural Effusion"] for lab in mimic])
     assert 0.20 < eff < 0.28
     bal = [labels_from_findings(sample_findings(rng, load_prevalence("balanced"))) for _ in range(3000)]
-    rates = np.array([np.mean([l[name] for l in bal]) for name in PATHOLOGIES])
+    rates = np.array([np.mean([lab[name] for lab in bal]) for name in PATHOLOGIES])
     assert rates.max() < 2.0 * rates.min()
     custom = tmp_path / "prev.json"
     custom.write_text(json.dumps({"pneumothorax": 1.0, "max_findings": 2}))

@@ -7,15 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
+
 from chexgen.cli import main
-from chexgen.data.manifest import read_manifest
 from chexgen.data.imageio import fit_square, load_gray
+from chexgen.data.manifest import read_manifest
 from chexgen.models.presets import get_preset
 from chexgen.models.text_encoder import load_text_encoder
 from chexgen.models.vae import RadiographVAE
-from chexgen.training.cache import CachedFeatures, CacheSpec, collate_features, finalize_cache, prepare_cache, read_index
+from chexgen.training.cache import (
+    CachedFeatures,
+    CacheSpec,
+    collate_features,
+    finalize_cache,
+    prepare_cache,
+    read_index,
+)
 
 RES = 32
 

@@ -9,13 +9,19 @@ import pytest
 
 pytest.importorskip("krippendorff")
 pytest.importorskip("fastapi")
+from _reader_data import create_tiny_study, login  # noqa: E402
 from bs4 import BeautifulSoup  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from _reader_data import create_tiny_study, login  # noqa: E402
 from chexgen.cli import main  # noqa: E402
 from chexgen.reader_study.analysis import (  # noqa: E402
-    analyse_study, compare_two, krippendorff_alpha, load_answers, proportion_test, rater_agreement, weighted_kappa,
+    analyse_study,
+    compare_two,
+    krippendorff_alpha,
+    load_answers,
+    proportion_test,
+    rater_agreement,
+    weighted_kappa,
 )
 from chexgen.reader_study.app import create_app  # noqa: E402
 from chexgen.reader_study.study import load_key  # noqa: E402

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
+from _reader_data import create_tiny_study, login  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from _reader_data import create_tiny_study, login  # noqa: E402
 from chexgen.reader_study import storage  # noqa: E402
 from chexgen.reader_study.app import create_app, is_loopback  # noqa: E402
 from chexgen.reader_study.images import check_png_pixels_only, png_chunks  # noqa: E402

@@ -10,10 +10,10 @@ CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium); .ci/run installs it", allow_module_level=True)
 pytest.importorskip("playwright", reason="playwright is in the test extra")
+from _reader_data import create_tiny_study, free_port, start_server, stop_server  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from _reader_data import create_tiny_study, free_port, start_server, stop_server  # noqa: E402
 from chexgen.reader_study import storage  # noqa: E402
 from chexgen.reader_study.images import check_png_pixels_only  # noqa: E402
 from chexgen.reader_study.study import load_key  # noqa: E402

@@ -9,16 +9,23 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sqlalchemy")
+from _reader_data import create_tiny_study, make_manifests  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _reader_data import create_tiny_study, make_manifests  # noqa: E402
 from chexgen.cli import main  # noqa: E402
 from chexgen.data.imageio import read_png_text  # noqa: E402
 from chexgen.data.manifest import read_manifest, write_manifest  # noqa: E402
 from chexgen.errors import ChexgenError  # noqa: E402
 from chexgen.reader_study.images import check_png_pixels_only, encode_blinded_png, png_chunks  # noqa: E402
 from chexgen.reader_study.study import (  # noqa: E402
-    StudySettings, SyntheticSource, allocate_cases, create_study, load_key, load_study, rater_order, stratum_of,
+    StudySettings,
+    SyntheticSource,
+    allocate_cases,
+    create_study,
+    load_key,
+    load_study,
+    rater_order,
+    stratum_of,
 )
 
 

@@ -15,6 +15,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from _reader_data import create_tiny_study, free_port, start_server, stop_server  # noqa: E402
+
 from chexgen.reader_study import storage  # noqa: E402
 
 

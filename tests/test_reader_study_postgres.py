@@ -19,9 +19,9 @@ pytest.importorskip("fastapi")
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 if not BIN:
     pytest.skip("PostgreSQL server binaries absent (apt-get install -y postgresql)", allow_module_level=True)
+from _reader_data import create_tiny_study, free_port, login  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from _reader_data import create_tiny_study, free_port, login  # noqa: E402
 from chexgen.errors import ChexgenError  # noqa: E402
 from chexgen.reader_study.analysis import analyse_study  # noqa: E402
 from chexgen.reader_study.app import create_app  # noqa: E402

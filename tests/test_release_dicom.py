@@ -12,8 +12,13 @@ from _release_data import provenance, rg1_unci, write_synthetic_set
 
 from chexgen.cli import main
 from chexgen.data.manifest import Record, read_manifest, write_manifest
-from chexgen.release.dicom import (PRIVATE_CREATOR, derive_uids, read_dicom_pixels, read_dicom_provenance,
-                                   write_synthetic_dicom)
+from chexgen.release.dicom import (
+    PRIVATE_CREATOR,
+    derive_uids,
+    read_dicom_pixels,
+    read_dicom_provenance,
+    write_synthetic_dicom,
+)
 
 
 def _pixels(dtype, seed=0):

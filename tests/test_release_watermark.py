@@ -12,8 +12,14 @@ from PIL import Image
 
 from chexgen.errors import ChexgenError
 from chexgen.release.dicom import read_dicom_pixels, write_synthetic_dicom
-from chexgen.release.watermark import (MIN_SCORE, apply_watermark, detect_watermark, embed_watermark, make_payload,
-                                       payload_id_part)
+from chexgen.release.watermark import (
+    MIN_SCORE,
+    apply_watermark,
+    detect_watermark,
+    embed_watermark,
+    make_payload,
+    payload_id_part,
+)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

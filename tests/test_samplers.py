@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from conftest import perturb_
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from chexgen.diffusion import (
     DEFAULT_STEPS,
@@ -16,9 +25,9 @@ from chexgen.diffusion import (
     make_generators,
     make_scheduler,
 )
+from chexgen.diffusion.samplers import model_calls_per_image
 from chexgen.errors import ChexgenError
 from chexgen.models.dit import ChexGenDiT
-from conftest import perturb_
 
 KW = dict(sample_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2,
           caption_channels=8, max_text_len=5)
@@ -39,10 +48,24 @@ def _text(b, seed=0):
 
 
 def test_registry_and_scheduler_kinds():
-    assert SAMPLERS == ("ddim", "iddpm", "dpmsolver++", "official")
-    assert DEFAULT_STEPS == {"ddim": 100, "iddpm": 100, "dpmsolver++": 20, "official": 100}
+    assert SAMPLERS == ("ddim", "iddpm", "dpmsolver++", "dpmsolver++3m", "dpmsolver++sde", "unipc", "euler",
+                        "euler_a", "heun", "official")
+    assert DEFAULT_STEPS["ddim"] == 100 and DEFAULT_STEPS["iddpm"] == 100 and DEFAULT_STEPS["dpmsolver++"] == 20
     assert isinstance(make_scheduler("ddim"), DDIMScheduler)
     assert isinstance(make_scheduler("dpmsolver++"), DPMSolverMultistepScheduler)
+    three = make_scheduler("dpmsolver++3m")
+    assert three.config.solver_order == 3 and three.config.algorithm_type == "dpmsolver++"
+    assert make_scheduler("dpmsolver++sde").config.algorithm_type == "sde-dpmsolver++"
+    assert isinstance(make_scheduler("unipc"), UniPCMultistepScheduler)
+    assert isinstance(make_scheduler("euler"), EulerDiscreteScheduler)
+    assert isinstance(make_scheduler("euler_a"), EulerAncestralDiscreteScheduler)
+    assert isinstance(make_scheduler("heun"), HeunDiscreteScheduler)
+    for name in SAMPLERS:  # every sampler runs on the model's own schedule
+        cfg = make_scheduler(name, schedule=NoiseSchedule(beta_end=0.03)).config
+        assert cfg.beta_end == 0.03 and cfg.beta_schedule == "linear"
+    # model calls per image (guidance doubles a forward; Heun evaluates twice per step but the last)
+    assert model_calls_per_image("dpmsolver++", 10) == 20 and model_calls_per_image("heun", 10) == 38
+    assert model_calls_per_image("iddpm", 50, guidance_scale=1.0) == 50
     s = make_scheduler("iddpm")
     assert isinstance(s, DDPMScheduler) and s.config.variance_type == "learned_range"
     s.set_timesteps(100)
@@ -52,7 +75,7 @@ def test_registry_and_scheduler_kinds():
     d.set_timesteps(100)
     assert d.timesteps[0] == 990 and d.timesteps[-1] == 0
     with pytest.raises(ChexgenError, match="unknown sampler"):
-        make_scheduler("euler")
+        make_scheduler("lms")
 
 
 def test_guidance_one_equals_plain_conditional_prediction(model):
@@ -105,7 +128,7 @@ def test_ddim_eta_zero_is_deterministic_and_ignores_generator_state(model):
     assert all(torch.equal(g.get_state(), r.get_state()) for g, r in zip(gens, ref))
 
 
-@pytest.mark.parametrize("sampler", ["iddpm", "ddim", "dpmsolver++"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_image_depends_only_on_its_seed(model, sampler):
     emb, mask = _text(4, 1)
     uemb, umask = _text(4, 2)
@@ -157,7 +180,7 @@ def test_iddpm_needs_learned_variance():
         denoise(m, _text(1), _text(1, 3), make_generators([0]), (4, 4, 4), "iddpm", 2)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "iddpm", "dpmsolver++"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_clip_latents_bounds_the_predicted_clean_latents(tiny_pipeline, sampler):
     from chexgen.diffusion.samplers import make_generators
 

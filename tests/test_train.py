@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
 from safetensors.torch import load_file
 
-from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
 from chexgen.cli import main
 from chexgen.errors import ChexgenError
 from chexgen.training.config import TrainConfig, load_saved_config, resolve_config, save_config

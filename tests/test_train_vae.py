@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
+
 from chexgen.cli import main
 from chexgen.models.vae import RadiographVAE
 from chexgen.training.vae_task import latent_std, load_images, ssim

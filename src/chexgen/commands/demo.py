@@ -11,6 +11,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from chexgen.demo import DemoConfig
+    from chexgen.models.precision import PRECISION_HELP, PRECISIONS
 
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help="Output folder: report.html, metrics.json, images/, "
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="Images per sampling batch.")
     p.add_argument("--bootstrap", type=positive_int, default=d.bootstrap, help="Bootstrap draws for confidence intervals.")
     p.add_argument("--device", default=d.device, help="Torch device (cpu, cuda).")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--workers", type=positive_int, default=d.workers, help="Processes rendering the held-out phantom cohort.")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.add_argument("--quick", action="store_true", help="A smoke run in well under a minute: 16 held-out cases, one "
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                      n_control_boxes=args.n_control_boxes, control_images=args.control_images,
                      sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                      seed=args.seed, batch_size=args.batch_size, bootstrap=args.bootstrap, device=args.device,
+                     precision=args.precision,
                      workers=args.workers, progress=not args.no_progress)
     html = run_demo(cfg)
     print(f"chexgen demo: report written to {html.resolve()}")

@@ -7,6 +7,7 @@ import json
 import logging
 
 from chexgen.commands._types import nonneg_int, positive_int, probability
+from chexgen.models.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SSIM at or above which a synthetic image is flagged as a copy of a training image.")
     p.add_argument("--no-tsne", action="store_true", help="Skip the t-SNE figure (slow on thousands of images).")
     p.add_argument("--device", default="cpu", help="Torch device for feature extraction.")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="Precision of feature extraction: fp32 (default: metrics that do not depend on the machine), "
+                        "auto, bf16 or fp16 (faster on CPUs with AMX-BF16 / AVX512-BF16; features then differ "
+                        "slightly, and the FID Inception network always runs in fp32).")
     p.add_argument("--seed", type=nonneg_int, default=0, help="Seed for bootstrap, KID subsets and t-SNE.")
 
 
@@ -73,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         distribution_bootstrap=args.distribution_bootstrap, compare=args.compare, train=args.train,
         segmenter=args.segmenter, image_size=args.image_size, analysis_size=args.analysis_size,
         batch_size=args.batch_size, memorisation_ssim=args.memorisation_ssim, tsne=not args.no_tsne,
-        device=args.device, seed=args.seed, trust_pickle=args.trust_pickle, data_root=args.data_root,
-        reid_weights=args.reid_weights, reid_threshold=args.reid_threshold,
+        device=args.device, precision=args.precision, seed=args.seed, trust_pickle=args.trust_pickle,
+        data_root=args.data_root, reid_weights=args.reid_weights, reid_threshold=args.reid_threshold,
     )
     results = run_evaluation(opts, folder_loader=load_classifier)
     m = results["metrics"]

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from chexgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
+from chexgen.models.precision import PRECISION_HELP, PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--device", default=None,
                    help="torch device (default: this process's accelerator under accelerate/torchrun, else cuda "
                         "if available, else cpu).")
+    m.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP + " Images of one seed "
+                   "are identical within a precision; bf16 and fp32 images of a seed differ slightly (README).")
     s = parser.add_argument_group("sampling")
     s.add_argument("--num-images-per-prompt", "-n", type=int, default=1, help="Images per prompt.")
     s.add_argument("--batch-size", type=int, default=8, help="Images per forward pass (per process).")
@@ -131,7 +134,8 @@ def _options(args: argparse.Namespace):
         column=args.column, manifest=args.manifest, demographic=args.demographic_prompts, model=args.model,
         backend=args.backend, prompt_template=args.prompt_template, negative_prompt=args.negative_prompt,
         dtype=args.dtype,
-        preset=args.preset, text_encoder=args.text_encoder, device=args.device, sampler=args.sampler,
+        preset=args.preset, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
+        sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, num_images_per_prompt=args.num_images_per_prompt,
         batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,
         watermark=not args.no_watermark, progress=not args.no_progress,

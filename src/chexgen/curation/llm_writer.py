@@ -20,9 +20,9 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from chexgen.curation.extractor import extract_labels
 from chexgen.curation.llm_client import LLMClient
 from chexgen.curation.qc import compare_labels
-from chexgen.curation.extractor import extract_labels
 from chexgen.curation.report_writer import Report, ReportWriter, finding_details
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record

@@ -26,7 +26,6 @@ larger held-out set.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -76,6 +75,7 @@ class DemoConfig:
     batch_size: int = 16
     bootstrap: int = 200
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (chexgen.models.precision): generation and evaluation
     workers: int = 2
     progress: bool = True
 
@@ -188,23 +188,28 @@ def evaluate_demo_model(
     trained: Sequence[str],
     bootstrap: int = 200,
     progress: bool = True,
+    tsne: bool = True,
+    distribution_bootstrap: int = 50,
 ) -> tuple[dict, list]:
     """Evaluation suite on (held-out real, generated-from-their-prompts) plus the demo's references.
 
     Returns ``(results, figures)``. ``results["demo"]`` holds the quality-bar numbers: mean per-class AUROC of
-    the classifier on generated images (prompt labels) over the trained findings and FID real vs generated
-    (both as the suite computed them), next to the demo's two references: the same AUROC on the real held-out
-    images (true labels) and the FID between two halves of the real set.
+    the classifier on generated images (prompt labels) over the trained findings, with its bootstrap CI over
+    the generated images (``auroc_generated_mean_ci``), and FID real vs generated (both as the suite computed
+    them), next to the demo's two references: the same AUROC on the real held-out images (true labels) and the
+    FID between two halves of the real set. ``tsne=False`` skips the t-SNE figure;
+    ``distribution_bootstrap`` caps the draws of the FID / KID / precision-recall CIs.
     """
     from chexgen.evaluation.features import ClassifierExtractor
     from chexgen.evaluation.matching import label_matrix
     from chexgen.evaluation.metrics import compute_fid, compute_per_class_auroc
+    from chexgen.evaluation.stats import bootstrap_ci
     from chexgen.evaluation.suite import EvaluationConfig, evaluate_sets, set_from_arrays
 
     ext = ClassifierExtractor(classifier, input_size=classifier.input_size, class_names=classifier.class_names,
                               name="phantom classifier")
-    ecfg = EvaluationConfig(bootstrap=bootstrap, distribution_bootstrap=min(50, bootstrap), analysis_size=128,
-                            progress=progress, tsne_max=500)
+    ecfg = EvaluationConfig(bootstrap=bootstrap, distribution_bootstrap=min(distribution_bootstrap, bootstrap),
+                            analysis_size=128, progress=progress, tsne=tsne, tsne_max=500)
     real = set_from_arrays(list(heldout), list(heldout_images), ext, ecfg, name="held-out phantom")
     syn = set_from_arrays(list(synthetic), list(synthetic_images), ext, ecfg, name="generated")
     results, figures = evaluate_sets(real, syn, ecfg, extractor_info={"kind": "classifier", "classes": ext.class_names})
@@ -218,6 +223,8 @@ def evaluate_demo_model(
     suite_auc = results["per_class"].get("auroc", {})
     gen_auc = {c: float(suite_auc.get(c, float("nan"))) for c in trained}  # the suite's, on the prompts' labels
     real_auc = per_class(real.features.scores, heldout)
+    mean_ci = bootstrap_ci(lambda sc, lab: compute_per_class_auroc(sc, lab)["macro"],
+                           syn.features.scores[:, cols], label_matrix(synthetic)[:, cols], n_boot=bootstrap, seed=0)
     rf = real.features.features
     half = len(rf) // 2
     rng = np.random.default_rng(0)
@@ -227,6 +234,7 @@ def evaluate_demo_model(
         "auroc_generated_per_class": gen_auc,
         "auroc_real_per_class": real_auc,
         "auroc_generated_mean": finite_mean(gen_auc.values()),
+        "auroc_generated_mean_ci": [mean_ci.low, mean_ci.high],
         "auroc_real_mean": finite_mean(real_auc.values()),
         "fid_real_vs_generated": float(results["metrics"]["fid"]["value"]),
         "fid_real_half_vs_half": float(compute_fid(rf[perm[:half]], rf[perm[half:]])),
@@ -249,11 +257,11 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
     from chexgen.data.imageio import save_png
-    from chexgen.generation.writer import write_synthetic_png
     from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
     from chexgen.evaluation.report import Figure
     from chexgen.generation.backends import ChexGenBackend
+    from chexgen.generation.writer import write_synthetic_png
     from chexgen.pipelines import ChexGenControlPipeline
     from chexgen.pipelines.base import resolve_sampling
 
@@ -353,7 +361,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                            "give one with --classifier")
     out.mkdir(parents=True, exist_ok=True)
     log.info("demo: model %s", pipeline_dir)
-    pipe = ChexGenPipeline.from_pretrained(pipeline_dir).to(cfg.device)
+    pipe = ChexGenPipeline.from_pretrained(pipeline_dir).to(cfg.device, precision=cfg.precision)
     if cfg.guidance is None:
         cfg = replace(cfg, guidance=pipe.config.guidance_scale)
     classifier = load_classifier(classifier_dir)

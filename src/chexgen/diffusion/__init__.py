@@ -9,6 +9,7 @@ from chexgen.diffusion.samplers import (
     initial_noise,
     make_generators,
     make_scheduler,
+    model_calls_per_image,
 )
 from chexgen.diffusion.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, NoiseSchedule
 
@@ -20,6 +21,7 @@ __all__ = [
     "SAMPLERS",
     "DEFAULT_STEPS",
     "make_scheduler",
+    "model_calls_per_image",
     "get_sampler_spec",
     "guided_prediction",
     "initial_noise",

@@ -140,9 +140,34 @@ class FeatureExtractor(abc.ABC):
     name: str = "extractor"
     dim: int = 0
     input_size: int = 224  # the square size images are best loaded at (see fit_square)
+    supports_reduced_precision: bool = True  # False: the network needs fp32 (or integer) input
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+        self.dtype = torch.float32
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules whose dtype :meth:`set_precision` changes."""
+        model = getattr(self, "model", None)
+        return [model] if isinstance(model, torch.nn.Module) else []
+
+    def set_precision(self, precision: "str | torch.dtype" = "fp32") -> "FeatureExtractor":
+        """Compute in ``precision`` (``auto | fp32 | bf16 | fp16``, see :mod:`chexgen.models.precision`).
+
+        Features and scores are returned in fp32 whatever the precision. Extractors that need fp32
+        (``supports_reduced_precision`` False) stay in fp32, with a note.
+        """
+        from chexgen.models.precision import precision_name, resolve_precision
+
+        dtype = resolve_precision(precision, self.device)
+        if dtype != torch.float32 and not self.supports_reduced_precision:
+            log.info("%s features: %s is not supported by this extractor; computing in fp32",
+                     self.name, precision_name(dtype))
+            dtype = torch.float32
+        for module in self.networks():
+            module.to(dtype=dtype)
+        self.dtype = dtype
+        return self
 
     @abc.abstractmethod
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -155,6 +180,8 @@ class FeatureExtractor(abc.ABC):
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> ExtractorOutput:
         x = self.preprocess(_check_images(images)).to(self.device)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
         out = self.forward(x)
         return ExtractorOutput(
             features=out.features.detach().float().cpu(),
@@ -162,7 +189,10 @@ class FeatureExtractor(abc.ABC):
         )
 
     def describe(self) -> dict:
-        return {"name": self.name, "dim": self.dim, "input_size": self.input_size}
+        from chexgen.models.precision import precision_name
+
+        return {"name": self.name, "dim": self.dim, "input_size": self.input_size,
+                "precision": precision_name(self.dtype)}
 
 
 # --------------------------------------------------------------------------- xrv
@@ -313,6 +343,7 @@ class InceptionV3Extractor(FeatureExtractor):
     name = "inception"
     dim = 2048
     input_size = 299
+    supports_reduced_precision = False  # uint8 input, cast to fp32 inside torch-fidelity
 
     def __init__(self, weights_path: str | None = None, device="cpu"):
         super().__init__(device)
@@ -376,6 +407,9 @@ class ClassifierExtractor(FeatureExtractor):
         self.name = name
         self.class_names = list(class_names) if class_names is not None else list(LABELS)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.fn] if isinstance(self.fn, torch.nn.Module) else []
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return _resize(_center_crop_square(images), self.input_size)
 
@@ -403,25 +437,30 @@ class ClassifierExtractor(FeatureExtractor):
 
 
 def build_extractor(
-    kind: str, weights: str | None = None, device="cpu", random_init: bool = False
+    kind: str, weights: str | None = None, device="cpu", random_init: bool = False, precision: str = "fp32"
 ) -> FeatureExtractor:
-    """Make an extractor by kind (``xrv``, ``clip``, ``inception``, ``rad-dino``, ``dinov2``); see the module doc."""
+    """Make an extractor by kind (``xrv``, ``clip``, ``inception``, ``rad-dino``, ``dinov2``); see the module doc
+    for ``weights``.
+
+    ``precision``: see :meth:`FeatureExtractor.set_precision`.
+    """
     if kind == "xrv":
-        return XRVDenseNetExtractor.from_weights(weights, device=device, random_init=random_init)
+        ext = XRVDenseNetExtractor.from_weights(weights, device=device, random_init=random_init)
+        return ext.set_precision(precision)
     if kind == "clip":
-        return OpenClipExtractor.from_weights(weights, device=device, random_init=random_init)
+        return OpenClipExtractor.from_weights(weights, device=device, random_init=random_init).set_precision(precision)
     if kind == "inception":
         if random_init and weights is None:
             import tempfile
 
             weights = str(write_random_inception_weights(Path(tempfile.mkdtemp()) / "inception-random.pth"))
-        return InceptionV3Extractor(weights, device=device)
+        return InceptionV3Extractor(weights, device=device).set_precision(precision)
     if kind in ("rad-dino", "dinov2"):
         if random_init:
             raise ChexgenError(f"--random-init is not available for {kind}: pass a local folder with --weights")
         from chexgen.evaluation.dino import HFVisionExtractor
 
-        return HFVisionExtractor.from_pretrained(kind, weights, device=device)
+        return HFVisionExtractor.from_pretrained(kind, weights, device=device).set_precision(precision)
     raise ChexgenError(f"unknown feature extractor {kind!r}; expected one of {EXTRACTOR_KINDS} or a classifier path")
 
 

@@ -49,6 +49,7 @@ class EvaluateOptions:
     memorisation_ssim: float = 0.95
     tsne: bool = True
     device: str = "cpu"
+    precision: str = "fp32"  # feature extraction: auto | fp32 | bf16 | fp16 (fp32: metrics independent of the CPU)
     seed: int = 0
     trust_pickle: bool = False
     data_root: str | None = None
@@ -103,7 +104,8 @@ def build_extractor_for(opts: EvaluateOptions, folder_loader: FolderLoader | Non
     from chexgen.evaluation.features import EXTRACTOR_KINDS, ClassifierExtractor, build_extractor
 
     if opts.features in EXTRACTOR_KINDS:
-        return build_extractor(opts.features, opts.weights, device=opts.device, random_init=opts.random_init)
+        return build_extractor(opts.features, opts.weights, device=opts.device, random_init=opts.random_init,
+                               precision=opts.precision)
     path = Path(opts.features)
     if not path.exists():
         raise ChexgenError(f"--features {opts.features!r}: expected one of {EXTRACTOR_KINDS} or a classifier file")
@@ -111,7 +113,7 @@ def build_extractor_for(opts: EvaluateOptions, folder_loader: FolderLoader | Non
     size = int(getattr(model, "input_size", opts.image_size))
     names = getattr(model, "class_names", None) or getattr(model, "classes", None)
     return ClassifierExtractor(model, input_size=size, name=f"classifier:{path.name}", class_names=names,
-                               device=opts.device)
+                               device=opts.device).set_precision(opts.precision)
 
 
 def run_evaluation(opts: EvaluateOptions, folder_loader: FolderLoader | None = None) -> dict:

@@ -32,7 +32,8 @@ class GenerateOptions:
 
     texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
     model (a folder or a hub id) / backend (None = read off the model) / preset / text_encoder / device /
-    dtype: the generator. prompt_template: how prompts are built from the records (see
+    precision (auto | fp32 | bf16 | fp16 for chexgen models, see :mod:`chexgen.models.precision`) / dtype
+    (diffusers models): the generator. prompt_template: how prompts are built from the records (see
     :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale: spatial control.
     sampler / steps / guidance / negative_prompt (None = the model's defaults), num_images_per_prompt,
     batch_size, seed: sampling. out / bits / image_format (png, dicom, both) / watermark / progress: output.
@@ -49,6 +50,7 @@ class GenerateOptions:
     preset: str | None = None
     text_encoder: str | None = None
     device: str | None = None
+    precision: str = "auto"
     sampler: str | None = None
     steps: int | None = None
     guidance: float | None = None
@@ -210,7 +212,7 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
     if source is not None and source.backend == "diffusers":
         return _run_diffusers(opts, source, out)
     if opts.negative_prompt is not None or opts.dtype is not None:
-        raise ChexgenError("--negative-prompt / --dtype: diffusers pipelines only (chexgen models compute in fp32 "
+        raise ChexgenError("--negative-prompt / --dtype: diffusers pipelines only (chexgen models take --precision "
                            "and guide with the null caption)")
     items = collect_prompts(opts, required=control_dir is None)
     rejects: list[dict[str, Any]] = []
@@ -218,10 +220,13 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
 
     from accelerate import PartialState
 
+    from chexgen.models.precision import resolve_precision
+
+    resolve_precision(opts.precision)  # an unknown name fails before the model is loaded
     pipe, model_name = _load_pipeline(opts)
     sampling = resolve_sampling(pipe.config, opts.sampler, opts.steps, opts.guidance)
     state = PartialState(cpu=_use_cpu(opts.device))
-    pipe.to(opts.device or str(state.device))
+    pipe.to(opts.device or str(state.device), precision=opts.precision)
     pipe.text_encoder  # load now: a broken reference fails before anything is written
     control = None
     if control_dir is not None:

@@ -46,6 +46,7 @@ from torch import nn
 
 from chexgen.errors import ChexgenError
 from chexgen.models.dit import prepare_dit_inputs
+from chexgen.models.kernels import use_fast_cpu_kernels
 
 __all__ = [
     "ControlBlock",
@@ -166,6 +167,7 @@ class ChexGenControlNet(ModelMixin, ConfigMixin):
             blocks.append(ControlBlock(block, i, hidden_size))
         self.controlnet = nn.ModuleList(blocks)
         self.gradient_checkpointing = False
+        use_fast_cpu_kernels(self)  # bf16 CPU attention / GELU paths; identical maths (models/kernels.py)
 
     @classmethod
     def from_transformer(cls, transformer: nn.Module, num_blocks: int | None = None, **config: Any) -> "ChexGenControlNet":
@@ -242,6 +244,7 @@ def controlled_forward(
     """
     bb = _backbone(transformer)
     cfg = bb.config
+    latents = latents.to(bb.pos_embed.proj.weight.dtype)  # the model's dtype (fp32 sampler latents into bf16)
     timesteps, text_embeddings, text_mask = prepare_dit_inputs(latents, timesteps, text_embeddings, text_mask)
     use_control = adapter is not None and control_latents is not None and conditioning_scale != 0
     if use_control and control_latents.shape != latents.shape:

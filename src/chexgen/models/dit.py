@@ -28,6 +28,7 @@ from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
 
 from chexgen.errors import ChexgenError
+from chexgen.models.kernels import use_fast_cpu_kernels
 from chexgen.models.presets import Preset, get_preset
 
 __all__ = ["ChexGenDiT", "count_parameters"]
@@ -101,6 +102,7 @@ class ChexGenDiT(ModelMixin, ConfigMixin):
         )
         self.null_caption = nn.Parameter(torch.randn(max_text_len, caption_channels) / caption_channels**0.5)
         self._init_weights()
+        use_fast_cpu_kernels(self.backbone)  # bf16 CPU attention / GELU paths; identical maths (models/kernels.py)
 
     # ------------------------------------------------------------------ construction
     def _init_weights(self) -> None:
@@ -210,8 +212,10 @@ class ChexGenDiT(ModelMixin, ConfigMixin):
         """Predict ``[B, 2C, h, w]``: epsilon in the first C channels, learned-range values in the next C.
 
         ``timesteps`` may be a scalar or ``[B]`` (long or float, 0..999). ``text_mask`` is
-        ``[B, L]`` with 1 for real tokens; padding tokens receive no attention.
+        ``[B, L]`` with 1 for real tokens; padding tokens receive no attention. Latents and text are
+        cast to the model's dtype (fp32 latents into a bf16 model run in bf16); the output stays in it.
         """
+        latents = latents.to(self.backbone.pos_embed.proj.weight.dtype)
         timesteps, text_embeddings, text_mask = prepare_dit_inputs(latents, timesteps, text_embeddings, text_mask)
         out = self.backbone(
             latents,

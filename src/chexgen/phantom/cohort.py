@@ -34,8 +34,8 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from chexgen.data.imageio import save_png
-from chexgen.data.provenance import synthetic_png_text
 from chexgen.data.manifest import Box, Mask, Record, record_from_dict, write_manifest
+from chexgen.data.provenance import synthetic_png_text
 from chexgen.errors import ChexgenError
 from chexgen.phantom.atlas import load_atlas
 from chexgen.phantom.findings import labels_from_findings, load_prevalence

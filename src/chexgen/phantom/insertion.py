@@ -262,7 +262,6 @@ def insert_finding(
     sides = np.isin(space.side, _sides(f))
     new: np.ndarray | None = None
     sel: np.ndarray
-    texture = None
     label = f.label
     if label == "Pleural Effusion":
         h0 = (0.17, 0.28, 0.45)[sev] * rng.uniform(0.85, 1.15)

@@ -6,7 +6,10 @@ A pipeline call resolves its sampling settings in ONE place (:func:`resolve_samp
 - steps: the call's, else the model's ``num_inference_steps``, else the sampler's default;
 - guidance: the call's, else the model's ``guidance_scale``.
 
-Every number is checked (finite, in range) before anything runs. Image ``j`` of a call gets seed
+Every number is checked (finite, in range) before anything runs. Precision: the transformer and VAE
+compute in the pipeline's dtype (``from_pretrained(precision=...)`` / ``to(precision=...)``, resolved
+by :mod:`chexgen.models.precision`); latents, guidance and scheduler steps stay fp32
+(:func:`chexgen.diffusion.samplers.denoise`). Image ``j`` of a call gets seed
 ``seed + j`` unless explicit ``seeds`` are given, and its own ``torch.Generator``: its noise comes
 from that generator alone.
 
@@ -31,6 +34,7 @@ from chexgen import __version__
 from chexgen.diffusion.samplers import SAMPLERS, denoise, get_sampler_spec, make_generators, make_scheduler
 from chexgen.diffusion.schedule import NoiseSchedule
 from chexgen.errors import ChexgenError
+from chexgen.models.precision import precision_name
 from chexgen.models.presets import TextEncoderSpec, VAESpec
 from chexgen.models.text_encoder import TextEmbeddings
 
@@ -234,6 +238,11 @@ class DiffusionPipelineBase:
     def dtype(self) -> torch.dtype:
         """Dtype of the transformer's weights."""
         return next(self.transformer.parameters()).dtype
+
+    @property
+    def precision(self) -> str:
+        """The transformer's compute precision, ``fp32`` / ``bf16`` / ``fp16`` (what provenance records)."""
+        return precision_name(self.dtype)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

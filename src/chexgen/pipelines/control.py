@@ -169,17 +169,17 @@ class ChexGenControlPipeline:
         if not isinstance(base, ChexGenPipeline):
             base = ChexGenPipeline.from_pretrained(base, **base_kwargs)
         adapter = load_controlnet(str(control_path), transformer=base.transformer)
-        adapter.to(device=base.device, dtype=base.dtype)
+        torch.nn.Module.to(adapter, device=base.device, dtype=base.dtype)  # plain move, no diffusers dtype warning
         pipe = cls(base, adapter)
         pipe.control_path = control_path
         if device is not None:
             pipe.to(device)
         return pipe
 
-    def to(self, device=None, dtype=None) -> "ChexGenControlPipeline":
-        """Move (or cast) the base pipeline and the adapter together; returns ``self``."""
-        self.base.to(device=device, dtype=dtype)
-        self.controlnet.to(device=device, dtype=dtype)
+    def to(self, device=None, dtype=None, precision: str | None = None) -> "ChexGenControlPipeline":
+        """Move base and adapter; ``precision`` / ``dtype`` as :meth:`ChexGenPipeline.to` (the adapter follows)."""
+        self.base.to(device=device, dtype=dtype, precision=precision)
+        torch.nn.Module.to(self.controlnet, device=self.base.device, dtype=self.base.dtype)
         return self
 
     @property

@@ -39,6 +39,7 @@ from chexgen import __version__
 from chexgen.diffusion.schedule import NoiseSchedule
 from chexgen.errors import ChexgenError
 from chexgen.models.dit import ChexGenDiT
+from chexgen.models.precision import resolve_precision
 from chexgen.models.presets import Preset, TextEncoderSpec, VAESpec, get_preset
 from chexgen.models.text_encoder import PROMPT_CLEANING, TextEmbeddings, TextEncoder, clean_prompt, load_text_encoder
 from chexgen.models.vae import RadiographVAE
@@ -56,6 +57,15 @@ from chexgen.utils import atomic_write_json, sha256_file
 __all__ = ["ChexGenPipeline", "PipelineConfig", "PipelineOutput", "CONFIG_NAME"]
 
 _WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _precision_dtype(precision: str, dtype: torch.dtype | None, device) -> torch.dtype:
+    """``precision`` resolved for ``device``; it must agree with an explicit ``dtype``."""
+    resolved = resolve_precision(precision, device)
+    if dtype is not None and dtype != resolved:
+        raise ChexgenError(f"precision {precision!r} means {resolved} here, but dtype {dtype} was also given; "
+                           "give one of them")
+    return resolved
 
 
 @dataclass
@@ -103,11 +113,20 @@ class ChexGenPipeline(DiffusionPipelineBase):
     def text_encoder(self, value: TextEncoder | None) -> None:
         self._text_encoder = value
 
-    def to(self, device=None, dtype: torch.dtype | None = None, text_encoder_device=None) -> "ChexGenPipeline":
-        """Move transformer and VAE (and the text encoder, unless ``text_encoder_device`` keeps it elsewhere)."""
+    def to(self, device=None, dtype: torch.dtype | None = None, text_encoder_device=None,
+           precision: str | None = None) -> "ChexGenPipeline":
+        """Move transformer and VAE (and the text encoder, unless ``text_encoder_device`` keeps it elsewhere).
+
+        ``precision`` (``auto | fp32 | bf16 | fp16``, see :mod:`chexgen.models.precision`) sets the
+        compute dtype of transformer and VAE for the (new) device; ``dtype`` sets it directly. The text
+        encoder always stays fp32 (it runs once per prompt).
+        """
+        if precision is not None:
+            dtype = _precision_dtype(precision, dtype, device if device is not None else self.device)
         kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        self.transformer.to(**kw)  # (diffusers warns on any dtype= keyword, even None)
-        self.vae.to(**kw)
+        # plain nn.Module moves: diffusers' ModelMixin.to warns on any dtype= keyword, even None
+        torch.nn.Module.to(self.transformer, **kw)
+        torch.nn.Module.to(self.vae, **kw)
         te_device = text_encoder_device if text_encoder_device is not None else device
         self._text_encoder_device = torch.device(te_device) if te_device is not None else None
         if self._text_encoder is not None and te_device is not None:
@@ -158,11 +177,17 @@ class ChexGenPipeline(DiffusionPipelineBase):
         text_encoder: TextEncoder | None = None,
         text_encoder_name_or_path: str | None = None,
         torch_dtype: torch.dtype | None = None,
+        precision: str | None = None,
     ) -> "ChexGenPipeline":
         """Load a folder written by :meth:`save_pretrained`.
 
         ``text_encoder_name_or_path`` points the referenced encoder elsewhere (e.g. a local T5 copy).
+        ``precision`` (``auto | fp32 | bf16 | fp16``) or ``torch_dtype`` sets the compute dtype of
+        transformer and VAE, resolved for ``device`` (``auto``: bf16 where the CPU / GPU has a fast bf16
+        path, else fp32); with neither, they compute in fp32 whatever the stored dtype.
         """
+        if precision is not None:
+            torch_dtype = _precision_dtype(precision, torch_dtype, device)
         root = Path(path).expanduser()
         cfg_path = root / CONFIG_NAME
         if not root.is_dir():

@@ -21,9 +21,9 @@ import contextlib
 import datetime as dt
 import hmac
 import ipaddress
+import re
 import socket
 import threading
-import re
 from hashlib import sha256
 from pathlib import Path
 from typing import Any

@@ -17,8 +17,8 @@ side: manifest fields, provenance, PNG text chunks, DICOM header values.
 
 from __future__ import annotations
 
-import hmac
 import hashlib
+import hmac
 import os
 import re
 import secrets

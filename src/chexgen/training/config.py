@@ -17,13 +17,13 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+import tomllib
 import yaml
 
 from chexgen.errors import ChexgenError
@@ -65,7 +65,8 @@ class LoopConfig:
     # budget: stop at whichever comes first
     max_steps: int = 1000
     max_minutes: float | None = None
-    # "auto" = bf16 on a GPU that supports it, fp32 ("no") on CPU
+    # "auto" = bf16 on a GPU that supports it and on a CPU with AMX-BF16 / AVX512-BF16, else fp32 ("no");
+    # master weights, optimizer state, EMA and the loss stay fp32 (chexgen.training.trainer.make_accelerator)
     mixed_precision: str = "auto"
     # exponential moving average of the weights; decay ramps up as (1+n)/(10+n) until ema_decay
     ema_decay: float = 0.9999
@@ -297,8 +298,8 @@ def _validate(config: Any) -> None:
     need(config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}")
     need(config.max_minutes is None or config.max_minutes > 0, "max_minutes must be > 0")
     need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
-    need(config.mixed_precision in ("auto", "no", "fp16", "bf16"),
-         f"mixed_precision must be auto|no|fp16|bf16, got {config.mixed_precision!r}")
+    need(config.mixed_precision in ("auto", "no", "fp32", "fp16", "bf16"),
+         f"mixed_precision must be auto|no|fp32|fp16|bf16, got {config.mixed_precision!r}")
     need(config.num_workers >= 0, "num_workers must be >= 0")
     need(config.num_threads >= 0, "num_threads must be >= 0")
     need(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
@@ -366,7 +367,9 @@ HELP: dict[str, str] = {
     "lr_warmup_steps": "linear LR warm-up steps, then constant",
     "max_steps": "stop after this many optimisation steps (in total, over resumes)",
     "max_minutes": "also stop after this much training wall time in this session (then checkpoint and export)",
-    "mixed_precision": "auto (bf16 on a capable GPU, fp32 on CPU) | no | bf16 | fp16",
+    "mixed_precision": "auto (bf16 on a GPU that supports it and on a CPU with AMX-BF16 or AVX512-BF16, else fp32; "
+                       "CHEXGEN_CPU_BF16=0 turns the CPU's bf16 off) | no or fp32 | bf16 | fp16; weights, optimizer "
+                       "state, EMA and loss stay fp32",
     "ema_decay": "EMA decay of the exported weights (ramps up as (1+n)/(10+n))",
     "gradient_checkpointing": "recompute activations in backward to save memory",
     "num_threads": "torch CPU threads (0 = torch's default = all cores; 1 is often fastest for tiny models or "

@@ -195,9 +195,9 @@ class _ControlHooks:
 
     @torch.no_grad()
     def sample(self, model: nn.Module) -> torch.Tensor:
-        from chexgen.pipelines.control import ChexGenControlPipeline
         from chexgen.diffusion.samplers import make_generators
         from chexgen.models.text_encoder import TextEmbeddings
+        from chexgen.pipelines.control import ChexGenControlPipeline
 
         device = next(model.parameters()).device
         pipe = ChexGenControlPipeline(self.base, model.controlnet, conditioning_scale=self.cfg.conditioning_scale)

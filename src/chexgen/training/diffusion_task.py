@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence

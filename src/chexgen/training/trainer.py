@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from chexgen.errors import ChexgenError
+from chexgen.models.precision import resolve_precision
 from chexgen.training.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -45,7 +47,8 @@ from chexgen.training.checkpoint import (
 from chexgen.training.config import LoopConfig, save_config
 from chexgen.training.ema import EMA
 
-__all__ = ["TrainingTask", "TrainResult", "EpochBatchSampler", "train", "step_seed", "make_accelerator"]
+__all__ = ["TrainingTask", "TrainResult", "EpochBatchSampler", "train", "step_seed", "make_accelerator",
+           "training_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +138,35 @@ class EpochBatchSampler(Sampler[list[int]]):
         return self.batches_per_epoch - self.start_batch
 
 
-def make_accelerator(config: LoopConfig):
-    """An Accelerator with bf16 on capable GPUs ("auto"), fp32 on CPU."""
-    from accelerate import Accelerator
+def training_precision(mixed_precision: str, device: "str | torch.device | None" = None) -> str:
+    """Accelerate's ``mixed_precision`` for ours: ``auto`` resolves with :func:`resolve_precision` (bf16 on
+    a GPU that supports it and on a CPU with AMX-BF16 / AVX512-BF16, else fp32 = ``"no"``)."""
+    if mixed_precision != "auto":
+        return "no" if mixed_precision == "fp32" else mixed_precision
+    if device is None:
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+        device = "cpu" if use_cpu else "cuda"
+    dtype = resolve_precision("auto", device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+def make_accelerator(config: LoopConfig):
+    """An Accelerator whose mixed precision is ``config.mixed_precision`` (see :func:`training_precision`).
+
+    Mixed precision is Accelerate's autocast around the model's forward: the parameters (the master
+    weights), gradients, AdamW state and EMA stay fp32, matrix products run in bf16, and the model's
+    output is cast back to fp32, so the loss, the noise schedule and every other step of the
+    objective are fp32 arithmetic.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    precision = training_precision(config.mixed_precision)
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision and PartialState().num_processes == 1:
+        # Accelerate fixes the precision once per process; one process running several trainings
+        # (tests, benchmarks comparing fp32 with bf16) starts the accelerator state afresh.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=precision)
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns, read_csv
+from chexgen.data.sources._common import Reject, SourceResult, find_file, read_csv, require_columns
 
 __all__ = ["load_chexpert"]
 

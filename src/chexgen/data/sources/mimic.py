@@ -39,7 +39,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, parse_view, require_columns, read_csv
+from chexgen.data.sources._common import Reject, SourceResult, parse_view, read_csv, require_columns
 from chexgen.errors import ChexgenError
 
 __all__ = ["load_mimic", "extract_sections", "race_group", "mimic_image_path"]

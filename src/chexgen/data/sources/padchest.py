@@ -30,7 +30,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_view, require_columns, read_csv
+from chexgen.data.sources._common import Reject, SourceResult, find_file, parse_view, read_csv, require_columns
 
 __all__ = ["PADCHEST_TO_LABEL", "PADCHEST_DEVICE_KIND", "load_padchest", "map_padchest_labels",
            "parse_list", "parse_sentence_groups"]

@@ -36,7 +36,7 @@ import pandas as pd
 
 from chexgen.data.labels import LABELS
 from chexgen.data.manifest import Box, Record
-from chexgen.data.sources._common import Reject, SourceResult, find_file, require_columns, read_csv
+from chexgen.data.sources._common import Reject, SourceResult, find_file, read_csv, require_columns
 
 __all__ = ["VINDR_TO_LABEL", "load_vindr_cxr", "load_vindr_pcxr", "reader_vote"]
 

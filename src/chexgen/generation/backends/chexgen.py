@@ -52,6 +52,7 @@ class ChexGenBackend(GeneratorBackend):
             "sampler": s.sampler,
             "steps": s.steps,
             "guidance": s.guidance,
+            "precision": self.pipe.precision,
         }
         if s.eta:
             out["eta"] = s.eta
