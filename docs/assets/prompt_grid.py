@@ -5,7 +5,7 @@ Usage: python docs/assets/prompt_grid.py OUTPUT_FOLDER GRID.png [--tile 128] [--
 The README picture was made with:
 
     chexgen generate "Moderate right pleural effusion." "Cardiomegaly." "Large left pneumothorax." \
-        "No acute cardiopulmonary process." -n 4 --seed 0 --out readme-grid
+        "No acute cardiopulmonary process." -n 4 --seed 0 --precision fp32 --out readme-grid
     python docs/assets/prompt_grid.py readme-grid docs/assets/readme_grid.png
 
 Rows follow the prompts' order in the manifest; the prompt is written left of its row.
