@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chexgen-installed
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,5 +30,12 @@ lint: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
+# The documentation site (mkdocs.yml; the docs extra, which the test extra includes).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

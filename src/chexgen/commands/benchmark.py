@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="BENCH_YAML",
                         help="Benchmark config: real test manifest, models (name, backend, model folder / hub id, "
                              "prompt template, sampler settings), images per prompt, seed, extractors, re-ID "
-                             "(see README, `chexgen benchmark`). Relative paths are relative to the file.")
+                             "(see docs/how-to/benchmark.md). Relative paths are relative to the file.")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="Output folder (default: the config's `out`). Rerunning resumes: finished images and "
                              "cached features are kept.")

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch device (default: this process's accelerator under accelerate/torchrun, else cuda "
                         "if available, else cpu).")
     m.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP + " Images of one seed "
-                   "are identical within a precision; bf16 and fp32 images of a seed differ slightly (README).")
+                   "are identical within a precision; bf16 and fp32 images of a seed differ slightly "
+                   "(docs/concepts/samplers-precision.md).")
     s = parser.add_argument_group("sampling")
     s.add_argument("--num-images-per-prompt", "-n", type=int, default=1, help="Images per prompt.")
     s.add_argument("--batch-size", type=int, default=8, help="Images per forward pass (per process).")

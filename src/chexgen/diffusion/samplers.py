@@ -111,6 +111,7 @@ DEFAULT_STEPS: dict[str, int] = {k: v.default_steps for k, v in _SPECS.items()}
 
 
 def get_sampler_spec(name: str) -> SamplerSpec:
+    """What sampler ``name`` runs (scheduler, default steps, guidance channels); unknown names raise ChexgenError."""
     try:
         return _SPECS[name]
     except KeyError:

@@ -33,6 +33,7 @@ class ConditionOptions:
 
     @property
     def requested(self) -> bool:
+        """Whether any masks or boxes were asked for (a control job)."""
         return bool(self.masks or self.boxes)
 
 

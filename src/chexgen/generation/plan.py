@@ -58,14 +58,17 @@ class PlannedImage:
 
     @property
     def prompt(self) -> str:
+        """The prompt text of this image."""
         return self.item.prompt
 
     @property
     def prompt_index(self) -> int:
+        """Index of the prompt (or condition) this image belongs to."""
         return self.group
 
     @property
     def relpath(self) -> str:
+        """Path of the image file, relative to the output folder."""
         return f"{IMAGES_DIR}/{self.id}.png"
 
 

@@ -164,17 +164,21 @@ class OutputWriter:
         return job.relpath if self.image_format != "dicom" else f"{Path(job.relpath).with_suffix('.dcm')}"
 
     def dicom_relpath(self, job: PlannedImage) -> str | None:
+        """Path of ``job``'s DICOM file relative to the output folder (None when writing PNG only)."""
         if self.image_format == "png":
             return None
         return self.image_relpath(job) if self.image_format == "dicom" else f"dicom/{job.id}.dcm"
 
     def mask_relpath(self, job: PlannedImage, name: str) -> str:
+        """Path of one condition mask of ``job``, relative to the output folder."""
         return f"masks/{job.id}__{_safe(name)}.png"
 
     def condition_relpath(self, job: PlannedImage) -> str:
+        """Path of the condition image ``job`` was drawn from, relative to the output folder."""
         return f"conditions/{job.id}.png"
 
     def is_finished(self, job: PlannedImage) -> bool:
+        """Whether ``job``'s files already exist complete (PNG and / or DICOM of the right size): resume."""
         if self.image_format != "dicom" and not is_finished_image(self.out / job.relpath, self.resolution):
             return False
         dcm = self.dicom_relpath(job)

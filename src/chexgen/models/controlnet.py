@@ -114,9 +114,16 @@ class ChexGenControlNet(ModelMixin, ConfigMixin):
     Args:
         num_blocks: control blocks (13 for DiT-XL/2).
         base_depth: depth of the base model it was made for (checked when attached).
-        hidden_size, num_heads, cross_attention_dim: block geometry (must match the base).
-        dropout, activation_fn, attention_bias, norm_eps, num_embeds_ada_norm: block settings
-            (as the base's ``PixArtTransformer2DModel``).
+        hidden_size: block width (``hidden_size``, ``num_heads`` and ``cross_attention_dim`` are the
+            block geometry and must match the base).
+        num_heads: attention heads.
+        cross_attention_dim: width of the text tokens after the caption projection.
+        dropout: block setting, as the base's ``PixArtTransformer2DModel`` (so are ``activation_fn``,
+            ``attention_bias``, ``norm_eps`` and ``num_embeds_ada_norm``).
+        activation_fn: feed-forward activation.
+        attention_bias: whether attention projections have a bias.
+        norm_eps: layer-norm epsilon.
+        num_embeds_ada_norm: adaLN embedding count.
         palette: id of the condition palette the adapter was trained with.
         fit_policy: how stored images (and their conditions) were squared in training.
     """

@@ -152,6 +152,7 @@ def get_preset(name: "str | Preset") -> Preset:
 
 
 def list_presets() -> list[str]:
+    """Names of the registered presets, in registration order."""
     return list(PRESETS)
 
 

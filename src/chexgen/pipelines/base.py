@@ -80,6 +80,7 @@ class PipelineConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types (what ``chexgen_config.json`` holds)."""
         d = dataclasses.asdict(self)
         d["text_encoder"] = self.text_encoder.to_dict()
         d["vae"] = self.vae.to_dict()
@@ -87,6 +88,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        """Rebuild a config from :meth:`to_dict` output (unknown keys are ignored)."""
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         kw["text_encoder"] = TextEncoderSpec.from_dict(d.get("text_encoder", {}))
         kw["vae"] = VAESpec.from_dict(d.get("vae", {}))
@@ -229,10 +231,12 @@ class DiffusionPipelineBase:
     # ------------------------------------------------------------------ parts
     @property
     def device(self) -> torch.device:
+        """Device of the transformer's weights."""
         return next(self.transformer.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the transformer's weights."""
         return next(self.transformer.parameters()).dtype
 
     @property
@@ -242,10 +246,12 @@ class DiffusionPipelineBase:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
+        """Shape ``(channels, height, width)`` of one image's latent."""
         s = self.config.resolution // self.vae.downsample_factor
         return (self.transformer.config.in_channels, s, s)
 
     def encode_prompts(self, prompts: Sequence[str]) -> TextEmbeddings:  # pragma: no cover - abstract
+        """Text embeddings (and padding mask) of ``prompts``; implemented by each pipeline."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ settings

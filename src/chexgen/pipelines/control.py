@@ -184,10 +184,12 @@ class ChexGenControlPipeline:
 
     @property
     def resolution(self) -> int:
+        """Image size in pixels (the base pipeline's)."""
         return self.base.config.resolution
 
     @property
     def fit_policy(self) -> str:
+        """How conditions are squared to the image (``crop`` or ``pad``), as the adapter was trained."""
         return self.controlnet.config.fit_policy
 
     # ------------------------------------------------------------------ conditions

@@ -258,6 +258,7 @@ class ChexGenPipeline(DiffusionPipelineBase):
 
     # ------------------------------------------------------------------ inference
     def clean(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts after the model's prompt cleaning (``config.prompt_cleaning``)."""
         return [clean_prompt(p, self.config.prompt_cleaning) for p in prompts]
 
     def encode_prompts(self, prompts: Sequence[str]) -> TextEmbeddings:

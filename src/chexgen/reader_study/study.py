@@ -265,6 +265,7 @@ class CreatedStudy:
 
 
 def load_study(root: str | os.PathLike) -> Study:
+    """Open the study folder ``root`` (made by ``chexgen reader-study create``); a folder without one is an error."""
     root = Path(root)
     f = root / STUDY_FILE
     if not f.is_file():

@@ -56,6 +56,7 @@ def salted_id(value: str, salt: bytes) -> str:
 
 
 def is_salted_id(value: Any) -> bool:
+    """Whether ``value`` looks like an id made by :func:`salted_id` (not a raw identifier)."""
     return isinstance(value, str) and bool(_SALTED_RE.match(value))
 
 

@@ -61,10 +61,12 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
 
 
 def list_sources() -> list[SourceSpec]:
+    """Every registered source, in registry order."""
     return list(SOURCES.values())
 
 
 def get_source(name: str) -> SourceSpec:
+    """The source called ``name`` (case and ``-``/``_`` ignored); unknown names raise ChexgenError listing them."""
     key = name.strip().lower().replace("-", "_")
     if key not in SOURCES:
         raise ChexgenError(f"unknown source {name!r}; known sources: {', '.join(SOURCES)}")
