@@ -114,7 +114,9 @@ def main() -> int:
         lo, hi = d["auroc_generated_mean_ci"]
         print(f"{'mean':28s} {d['auroc_generated_mean']:16.3f} {d['auroc_real_mean']:11.3f}   (bar: generated >= 0.80; "
               f"95 % CI of the generated mean [{lo:.3f}, {hi:.3f}])")
-        print(f"FID (classifier features): real vs generated {d['fid_real_vs_generated']:.3f}; "
+        fid = m["fid"]
+        print(f"FID (classifier features): real vs generated {d['fid_real_vs_generated']:.3f} "
+              f"[{fid.get('low', float('nan')):.1f}, {fid.get('high', float('nan')):.1f}]; "
               f"real half vs half {d['fid_real_half_vs_half']:.3f}")
         for key in ("pearson", "diversity_ssim", "precision", "recall"):
             if key in m:

@@ -7,6 +7,13 @@
 # and the classifier; DEST (default src/chexgen/assets/demo) receives the packed model (fp16 weights).
 # On 2 CPU cores this takes about 3 hours (the time budgets below); on a GPU raise the budgets / steps.
 # Every step resumes where it stopped if the script is run again.
+#
+# Precision: the DiT and the ControlNet adapter train in bf16 mixed precision (PRECISION, default bf16:
+# fp32 master weights, AdamW state, EMA and loss; bf16 matrix products). On a 2-core AVX512-BF16 CPU a
+# tiny-f4 step at batch 32 takes about a third of the fp32 step (benchmarks/precision.py), so the same
+# DIT_MINUTES budget buys about 3x the steps. PRECISION=no trains in fp32 (on a CPU without bf16
+# instructions bf16 is emulated and slower). The small VAE stays fp32 (bf16 measured only 1.2x faster
+# for its narrow convolutions).
 set -euo pipefail
 WORK="${1:-runs/demo-model}"
 DEST="${2:-src/chexgen/assets/demo}"
@@ -16,6 +23,7 @@ THREADS="${CHEXGEN_THREADS:-2}"
 VAE_MINUTES="${VAE_MINUTES:-10}"
 DIT_MINUTES="${DIT_MINUTES:-130}"
 CONTROL_MINUTES="${CONTROL_MINUTES:-14}"
+PRECISION="${PRECISION:-bf16}"
 mkdir -p "$WORK"
 
 # 1. 4,000 phantom radiographs at 128 px (seed 0) with the demo's eight findings
@@ -24,7 +32,7 @@ chexgen phantom --n 4000 --size 128 --seed 0 --prevalence "$PREVALENCE" --out "$
 # 2. the small grayscale VAE (random 64 px crops: 4x cheaper steps; it is fully convolutional)
 chexgen train-vae "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --output-dir "$WORK/vae" --batch-size 16 --crop-size 64 \
   --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$VAE_MINUTES" --checkpoint-every 200 \
-  --num-threads "$THREADS" --no-progress
+  --mixed-precision no --num-threads "$THREADS" --no-progress
 
 # 3. cached VAE latents (mean + std) and MiniLM embeddings of the impressions
 chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae/vae" --out "$WORK/cache" --device cpu
@@ -32,7 +40,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae
 # 4. the tiny DiT (text-to-image), EMA weights exported as a pipeline folder
 chexgen train "$WORK/cache" --preset tiny-f4 --vae "$WORK/vae/vae" --output-dir "$WORK/dit" \
   --batch-size 32 --learning-rate 3e-4 --lr-warmup-steps 100 --max-steps 100000 --max-minutes "$DIT_MINUTES" \
-  --snr-gamma 5 --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+  --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
 # 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
 chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
@@ -44,9 +52,10 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae
   --device cpu --conditions --condition-kinds finding --condition-style alternate
 chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" \
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$CONTROL_MINUTES" \
-  --snr-gamma 5 --checkpoint-every 250 --num-threads "$THREADS" --no-progress
+  --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
-# 7. pack: fp16 weights into DEST (the model card there is kept)
+# 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
+#    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
   --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
   --pack-clip-latents 5 --sampler dpmsolver++sde --steps 20

@@ -149,6 +149,7 @@ def test_resume_redoes_truncated_and_missing_images_in_their_batch(tiny_pipeline
     blob = (out / "images" / "syn-000002-001.png").read_bytes()
     (out / "images" / "syn-000002-001.png").write_bytes(blob[: len(blob) // 2])  # truncated
     (out / "images" / "syn-000003-001.png").unlink()  # deleted
+    (out / "images" / ".syn-000003-001.png.0a1b2c3d.png").write_bytes(blob[:10])  # a killed write's temp file
     # a different batch size on resume: the run's own layout (3) is used, so pixels match exactly
     again = generate_to_folder(_backend(tiny_pipeline), items, out, num_images_per_prompt=2, batch_size=5,
                                progress=False)

@@ -73,7 +73,7 @@ class DemoConfig:
     guidance: float | None = None  # None = the model's own default (the bundled model stores its tuned value)
     seed: int = 0
     batch_size: int = 16
-    bootstrap: int = 200
+    bootstrap: int = 100  # draws for the report's CIs (AUROC bootstraps dominate the evaluation time)
     device: str = "cpu"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (chexgen.models.precision): generation and evaluation
     workers: int = 2

@@ -51,7 +51,7 @@ from chexgen.generation.plan import (
 )
 from chexgen.generation.prompts import PromptItem, prompts_digest
 from chexgen.generation.writer import OutputWriter
-from chexgen.utils import atomic_write_json, atomic_write_text
+from chexgen.utils import atomic_write_json, atomic_write_text, clean_stale_temp_files
 
 if TYPE_CHECKING:
     from chexgen.data.condition_sources import ConditionInput
@@ -205,6 +205,9 @@ def generate_to_folder(
     with _run_lock(out, rank, world):
         todo = [(b, [j for j in b if not writer.is_finished(j)]) for b in mine]
         todo = [(b, missing) for b, missing in todo if missing]
+        for _, missing in todo:  # temp files of a killed run beside the files this process will write
+            for job in missing:
+                _clean_leftovers(out, writer, job)
         n_todo = sum(len(m) for _, m in todo)
         desc = f"generate [{rank + 1}/{world}]" if world > 1 else "generate"
         bar = tqdm(total=n_todo, unit="img", desc=desc, disable=not progress, position=rank if world > 1 else None)
@@ -221,6 +224,16 @@ def generate_to_folder(
         _write_rejects(out, rejects)
     return GenerationResult(planned=planned, skipped=planned - generated, generated=generated, rejected=rejects,
                             out=out, rank=rank, world=world)
+
+
+def _clean_leftovers(out: Path, writer: OutputWriter, job: PlannedImage) -> None:
+    """Remove what an interrupted write of ``job`` left (hidden temp files); only this process writes it."""
+    paths = [job.relpath, writer.image_relpath(job), writer.dicom_relpath(job)]
+    if job.condition is not None:
+        paths.append(writer.condition_relpath(job))
+    for rel in paths:
+        if rel is not None:
+            clean_stale_temp_files(out / rel)
 
 
 def _write_batch(writer: OutputWriter, batch: Sequence[PlannedImage], missing: Sequence[PlannedImage], result) -> None:
