@@ -8,6 +8,15 @@
 # On 2 CPU cores this takes about 3 hours (the time budgets below); on a GPU raise the budgets / steps.
 # Every step resumes where it stopped if the script is run again.
 #
+# Continuing a packed model: INIT_FROM=DIR (a demo model folder such as src/chexgen/assets/demo) reuses
+# its VAE and classifier (the cohort is the same, seed 0) and starts the DiT from DIR/pipeline and the
+# adapter from DIR/control instead of from scratch (steps 2 and 5 are skipped). This is how the bundled
+# model was continued on 2026-12-01 (see its MODEL_CARD.md).
+#
+# Quality curve: CURVE_EVERY=N trains the DiT in sessions of N steps (resumed exactly, so the result is
+# the same run) and keeps each session's export as WORK/dit/pipeline-step-<step>, for
+# benchmarks/demo_quality.py --model ... to score; DIT_MINUTES is then the budget of all sessions together.
+#
 # Precision: the DiT and the ControlNet adapter train in bf16 mixed precision (PRECISION, default bf16:
 # fp32 master weights, AdamW state, EMA and loss; bf16 matrix products). On a 2-core AVX512-BF16 CPU a
 # tiny-f4 step at batch 32 takes about a third of the fp32 step (benchmarks/precision.py), so the same
@@ -24,38 +33,71 @@ VAE_MINUTES="${VAE_MINUTES:-10}"
 DIT_MINUTES="${DIT_MINUTES:-130}"
 CONTROL_MINUTES="${CONTROL_MINUTES:-14}"
 PRECISION="${PRECISION:-bf16}"
+INIT_FROM="${INIT_FROM:-}"
+CURVE_EVERY="${CURVE_EVERY:-0}"
+DIT_LR="${DIT_LR:-3e-4}"
+REGION_WEIGHT="${REGION_WEIGHT:-5}"   # adapter loss counts the cells a condition marks 6x (small findings)
 mkdir -p "$WORK"
+VAE="$WORK/vae/vae"
+CLASSIFIER="$WORK/classifier"
+DIT_INIT=()
+CONTROL_INIT=()
+if [[ -n "$INIT_FROM" ]]; then
+  VAE="$INIT_FROM/pipeline/vae"
+  CLASSIFIER="$INIT_FROM/classifier"
+  DIT_INIT=(--init-from "$INIT_FROM/pipeline")
+  CONTROL_INIT=(--init-control "$INIT_FROM/control")
+fi
 
 # 1. 4,000 phantom radiographs at 128 px (seed 0) with the demo's eight findings
 chexgen phantom --n 4000 --size 128 --seed 0 --prevalence "$PREVALENCE" --out "$WORK/phantom" --workers 2
 
 # 2. the small grayscale VAE (random 64 px crops: 4x cheaper steps; it is fully convolutional)
-chexgen train-vae "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --output-dir "$WORK/vae" --batch-size 16 --crop-size 64 \
+[[ -n "$INIT_FROM" ]] || chexgen train-vae "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --output-dir "$WORK/vae" --batch-size 16 --crop-size 64 \
   --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$VAE_MINUTES" --checkpoint-every 200 \
   --mixed-precision no --num-threads "$THREADS" --no-progress
 
 # 3. cached VAE latents (mean + std) and MiniLM embeddings of the impressions
-chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae/vae" --out "$WORK/cache" --device cpu
+chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --out "$WORK/cache" --device cpu
 
 # 4. the tiny DiT (text-to-image), EMA weights exported as a pipeline folder
-chexgen train "$WORK/cache" --preset tiny-f4 --vae "$WORK/vae/vae" --output-dir "$WORK/dit" \
-  --batch-size 32 --learning-rate 3e-4 --lr-warmup-steps 100 --max-steps 100000 --max-minutes "$DIT_MINUTES" \
-  --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+train_dit() {  # $1 = --max-steps, $2 = --max-minutes
+  chexgen train "$WORK/cache" --preset tiny-f4 --vae "$VAE" --output-dir "$WORK/dit" "${DIT_INIT[@]}" \
+    --batch-size 32 --learning-rate "$DIT_LR" --lr-warmup-steps 100 --max-steps "$1" --max-minutes "$2" \
+    --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+}
+dit_step() {  # the newest checkpoint's step (0 before the first)
+  local last
+  last=$(ls -d "$WORK"/dit/checkpoints/step-* 2>/dev/null | sed 's/.*step-0*//' | sort -n | tail -1)
+  echo "${last:-0}"
+}
+if (( CURVE_EVERY > 0 )); then
+  deadline=$(( $(date +%s) + DIT_MINUTES * 60 ))
+  while (( $(date +%s) < deadline )); do
+    target=$(( ( $(dit_step) / CURVE_EVERY + 1 ) * CURVE_EVERY ))
+    train_dit "$target" "$(( (deadline - $(date +%s) + 59) / 60 ))"
+    step=$(dit_step)
+    rm -rf "$WORK/dit/pipeline-step-$step" && cp -r "$WORK/dit/pipeline" "$WORK/dit/pipeline-step-$step"
+    (( step >= target )) || break   # stopped by the time budget
+  done
+else
+  train_dit 100000 "$DIT_MINUTES"
+fi
 
 # 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
-chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
+[[ -n "$INIT_FROM" ]] || chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
   --arch resnet18 --init scratch --image-size 128 --epochs 6 --batch-size 32 --lr 1e-3 --num-threads "$THREADS"
 
 # 6. spatial control: finding masks or boxes (alternating per case) as condition latents, then a ControlNet
 #    adapter (3 copied blocks) on the frozen DiT of step 4
-chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$WORK/vae/vae" --out "$WORK/cache-control" \
+chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --out "$WORK/cache-control" \
   --device cpu --conditions --condition-kinds finding --condition-style alternate
-chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" \
+chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" "${CONTROL_INIT[@]}" \
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$CONTROL_MINUTES" \
-  --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+  --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
 # 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)
-chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$WORK/classifier" \
+chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$CLASSIFIER" \
   --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
   --pack-clip-latents 5 --sampler dpmsolver++sde --steps 20

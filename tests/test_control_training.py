@@ -93,3 +93,55 @@ def test_train_control_errors_are_clear(prepared, capsys):
     code = main(["train-control", str(root / "cache"), "--base-model", str(root / "base"), "--output-dir",
                  str(root / "bad"), "--missing-condition", "drop"])
     assert code == 2 and "missing_condition must be" in capsys.readouterr().err
+
+
+def test_region_weight_marks_the_cells_a_condition_changes():
+    from chexgen.training.control_task import RegionWeight
+
+    g = torch.Generator().manual_seed(0)
+    empty = torch.randn(4, 8, 8, generator=g)  # a blank condition's latent is not constant (borders differ)
+    cond = empty.expand(3, 4, 8, 8).clone()
+    cond[0, 2, 1:3, 5:7] += 2.0  # a small finding: 4 cells, one channel
+    cond[1] += 0.3  # below the threshold everywhere
+    cond[2, :, 4:, :] -= 1.0  # present = False below: must weigh 1 whatever it holds
+    batch = {"cond.control": cond, "cond_present.control": torch.tensor([True, True, False])}
+    rw = RegionWeight("control", empty, weight=4.0, threshold=0.6)
+    region = rw.region(batch)
+    expected = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    expected[0, 0, 1:3, 5:7] = True
+    assert torch.equal(region, expected)
+    w = rw(batch)
+    assert w.shape == (3, 1, 8, 8) and float(w.max()) == 5.0 and int((w == 5.0).sum()) == 4
+    assert torch.equal(w[1:], torch.ones(2, 1, 8, 8))
+
+
+def test_region_loss_weight_reaches_the_objective_and_is_checked(prepared, capsys):
+    root, base = prepared
+    common = ["--base-model", str(root / "base"), "--max-steps", "2", "--batch-size", "4", "--learning-rate", "1e-2",
+              "--no-progress", "--checkpoint-every", "0", "--ema-decay", "0.5", "--control-blocks", "2",
+              "--no-export"]
+    from chexgen.training.cache import CachedFeatures
+    from chexgen.training.control_task import RegionWeight, blank_condition_latent
+
+    # a threshold that marks part of each condition: the median change of the conditioned rows' latent cells
+    rows = CachedFeatures(root / "cache")
+    batch = {k: torch.stack([rows[i][k] for i in range(len(rows))]) for k in ("cond.control", "cond_present.control")}
+    empty = blank_condition_latent(base.vae, 32)
+    present = batch["cond_present.control"].bool()
+    diff = (batch["cond.control"][present].float() - empty).abs().amax(dim=1)
+    threshold = float(diff.median())
+    region = RegionWeight("control", empty, 1.0, threshold).region(batch)
+    assert 0 < int(region.sum()) < region[present].numel()  # some cells of the conditioned rows, not all
+    weights = {}
+    for name, extra in {"plain": [], "weighted": ["--region-loss-weight", "20", "--region-threshold",
+                                                   str(threshold)]}.items():
+        run = root / f"region-{name}"
+        assert main(["train-control", str(root / "cache"), "--output-dir", str(run), *common, *extra]) == 0
+        ckpt = sorted((run / "checkpoints").glob("*"))[-1]
+        weights[name] = {k: v for k, v in load_file(str(ckpt / "model.safetensors")).items()
+                         if not k.startswith("transformer.")}  # the adapter's weights
+    assert weights["plain"] and set(weights["plain"]) == set(weights["weighted"])
+    assert any(not torch.equal(v, weights["weighted"][k]) for k, v in weights["plain"].items())  # other objective
+    code = main(["train-control", str(root / "cache"), "--output-dir", str(root / "region-bad"), *common,
+                 "--region-loss-weight", "-1"])
+    assert code == 2 and "region_loss_weight must be" in capsys.readouterr().err

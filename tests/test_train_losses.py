@@ -142,3 +142,34 @@ def test_min_snr_weighting_scales_only_the_clean_timesteps_mse():
     assert float(weighted.mse) == float(plain.mse)  # the logged MSE stays unweighted
     with pytest.raises(ValueError, match="snr_gamma"):
         learned_variance_loss(pred, x0, xt, noise, ts, const, snr_gamma=0.0)
+
+
+def test_mse_weight_counts_regions_without_changing_a_samples_scale():
+    schedule = NoiseSchedule()
+    const = VBConstants.from_schedule(schedule)
+    g = torch.Generator().manual_seed(1)
+    ts = torch.tensor([10, 400, 900])
+    shape = (3, 2, 4, 4)
+    x0 = torch.rand(shape, generator=g) * 2 - 1
+    noise = torch.randn(shape, generator=g)
+    xt = schedule.add_noise(x0, noise, ts)
+    eps = noise.clone()
+    eps[:, :, :2, :2] += 1.0  # the error sits in one corner (4 of 16 cells), exactly 1 per element there
+    pred = torch.cat([eps, torch.zeros(shape)], 1)
+    plain = learned_variance_loss(pred, x0, xt, noise, ts, const)
+    ones = learned_variance_loss(pred, x0, xt, noise, ts, const, mse_weight=torch.full((3, 1, 4, 4), 3.0))
+    torch.testing.assert_close(ones.per_sample, plain.per_sample)  # a constant weight changes nothing
+    corner = torch.ones(3, 1, 4, 4)
+    corner[:, :, :2, :2] += 5.0  # 1 + 5 on the erroneous corner
+    weighted = learned_variance_loss(pred, x0, xt, noise, ts, const, mse_weight=corner)
+    vb = plain.per_sample - 0.25  # plain MSE: 4 of 16 cells with squared error 1
+    # weighted mean over the weights' mean: (4 * 6 * 1) / (4 * 6 + 12 * 1) = 2/3
+    torch.testing.assert_close(weighted.per_sample - vb, torch.full((3,), 2 / 3))
+    assert float(weighted.mse) == float(plain.mse)  # the logged MSE stays unweighted
+    both = learned_variance_loss(pred, x0, xt, noise, ts, const, mse_weight=corner, snr_gamma=5.0)
+    abar = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))[ts.numpy()]
+    snr = torch.tensor(abar / (1 - abar), dtype=torch.float32)
+    torch.testing.assert_close(both.per_sample - vb, 2 / 3 * torch.clamp(snr, max=5.0) / snr)  # the two compose
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="mse_weight"):
+            learned_variance_loss(pred, x0, xt, noise, ts, const, mse_weight=torch.full((3, 1, 4, 4), bad))

@@ -151,6 +151,7 @@ def learned_variance_loss(
     constants: VBConstants,
     vb_weight: float | None = None,
     snr_gamma: float | None = None,
+    mse_weight: Tensor | None = None,
 ) -> LossOutput:
     """The hybrid objective for a ``[eps, v]`` model output of shape (B, 2C, ...).
 
@@ -159,7 +160,11 @@ def learned_variance_loss(
     ``snr_gamma`` turns on min-SNR weighting of the epsilon MSE (Hang et al. 2023): a
     sample at timestep t is weighted ``min(SNR_t, gamma) / SNR_t``, i.e. the nearly clean
     timesteps (SNR above gamma) count less and the noisy ones, where the coarse layout of
-    the image is decided, count as before. The logged ``mse`` stays unweighted.
+    the image is decided, count as before. ``mse_weight`` (non-negative, broadcastable to
+    ``x_start``, e.g. ``[B, 1, h, w]``) weights the epsilon MSE per latent element; each
+    sample's weighted mean is divided by its weights' mean, so a sample's MSE keeps its scale
+    and only the share of its regions changes (``chexgen train-control --region-loss-weight``
+    uses it to count the cells a condition marks more). The logged ``mse`` stays unweighted.
     """
     c = x_start.shape[1]
     if model_output.shape[1] != 2 * c:
@@ -196,10 +201,15 @@ def learned_variance_loss(
     vb = vb * weight
 
     mse_term = mse
+    if mse_weight is not None:
+        w = mse_weight.float().to(eps.device).expand_as(eps)
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("mse_weight must be finite and non-negative")
+        mse_term = ((eps - noise) ** 2 * w).mean(dim=reduce_dims) / w.mean(dim=reduce_dims).clamp_min(1e-12)
     if snr_gamma is not None:
         if snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
         snr = 1.0 / _gather(constants.sqrt_recipm1_alphas_cumprod, timesteps, mse).pow(2)
-        mse_term = mse * torch.clamp(snr, max=snr_gamma) / snr
+        mse_term = mse_term * torch.clamp(snr, max=snr_gamma) / snr
     per_sample = mse_term + vb
     return LossOutput(loss=per_sample.mean(), mse=mse.mean().detach(), vb=vb.mean().detach(), per_sample=per_sample.detach())

@@ -67,6 +67,7 @@ class DiffusionObjective:
         encoder: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         extra_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         snr_gamma: float | None = None,
+        mse_weight: Callable[[dict[str, Any]], torch.Tensor | None] | None = None,
     ) -> None:
         self.schedule = schedule or NoiseSchedule()
         self.constants = VBConstants.from_schedule(self.schedule)
@@ -75,6 +76,7 @@ class DiffusionObjective:
         self.encoder = encoder
         self.extra_inputs = extra_inputs
         self.snr_gamma = snr_gamma
+        self.mse_weight = mse_weight
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.encoder is not None and "image" in batch:
@@ -104,7 +106,9 @@ class DiffusionObjective:
             mask = torch.where(drop[:, None], null_mask.to(mask.dtype), mask)
         extra = self.extra_inputs(batch) if self.extra_inputs is not None else {}
         pred = model(xt, t, text, mask, **extra)
-        out = learned_variance_loss(pred, x0, xt, noise, t, self.constants, snr_gamma=self.snr_gamma)
+        weight = self.mse_weight(batch) if self.mse_weight is not None else None
+        out = learned_variance_loss(pred, x0, xt, noise, t, self.constants, snr_gamma=self.snr_gamma,
+                                    mse_weight=weight)
         return {"loss": out.loss, "mse": out.mse, "vb": out.vb}
 
 
