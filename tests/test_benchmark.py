@@ -203,6 +203,29 @@ def test_benchmark_resumes_after_a_kill_and_matches_an_uninterrupted_run(bench_d
                 assert resumed[model]["metrics"][key]["value"] == pytest.approx(value["value"], nan_ok=True), key
 
 
+def test_precision_per_model_and_for_the_run(bench_dir, tmp_path, monkeypatch):
+    from chexgen.benchmark import load_config
+    from chexgen.benchmark.models import open_backend, prepare_models
+
+    monkeypatch.setenv("CHEXGEN_CPU_BF16", "0")  # auto = fp32 here, whatever this CPU has
+    text = _config(bench_dir, "prec", steps=2).read_text().replace(
+        "{name: cx, model: cx, steps: 2, sampler: ddim}", "{name: cx, model: cx, steps: 2, sampler: ddim, "
+        "precision: bfloat16}")
+    path = bench_dir / "prec.yaml"
+    path.write_text(text)
+    from chexgen.benchmark.run import _records, real_prompt_items
+
+    cfg = load_config(path)
+    assert cfg.precision == "auto" and cfg.models[0].precision == "bf16"  # aliases are normalised
+    recs, _ = _records(cfg.real, cfg.split, "real", cfg.max_prompts)
+    prepared = {pm.entry.name: pm for pm in prepare_models(cfg, real_prompt_items(recs, cfg.real))}
+    cx = open_backend(prepared["cx"], cfg, "cpu", Path(cfg.real).parent)
+    sd = open_backend(prepared["sd"], cfg, "cpu", Path(cfg.real).parent)
+    assert cx.settings()["precision"] == "bf16" and sd.settings()["dtype"] == "float32"  # per model; run's auto
+    cfg.precision = "bf16"  # what `chexgen benchmark --precision bf16` sets
+    assert open_backend(prepared["sd"], cfg, "cpu", Path(cfg.real).parent).settings()["dtype"] == "bfloat16"
+
+
 @pytest.mark.parametrize("change, match", [
     ("backend: diffusers, model: cx", "--backend diffusers"),
     ("backend: magic, model: cx", "unknown backend 'magic'"),
@@ -211,6 +234,8 @@ def test_benchmark_resumes_after_a_kill_and_matches_an_uninterrupted_run(bench_d
     ("model: cx, sampler: bogus", "unknown sampler"),
     ("model: sd, sampler: ddim", "sampler / text_encoder are for chexgen models"),
     ("backend: monai, model: bundle", "MONAI bundles cannot be driven"),
+    ("model: cx, precision: fp64", "unknown precision 'fp64'"),
+    ("model: sd, backend: diffusers, dtype: float16, precision: bf16", "dtype float16 contradicts precision bf16"),
 ])
 def test_bad_model_entries_stop_before_anything_is_generated(bench_dir, tmp_path, capsys, change, match):
     (bench_dir / "bundle" / "configs").mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ def _manifest(path):
 
 def test_stable_diffusion_folder_gray_pngs_provenance_batch_independent_seeds_and_resume(sd_dir, tmp_path, capsys,
                                                                                            one_thread):
-    args = ["--prompt", "left effusion", "--prompt", "normal", "-n", "2", "--seed", "3", *FAST]
+    args = ["--prompt", "left effusion", "--prompt", "normal", "-n", "2", "--seed", "3", "--precision", "fp32", *FAST]
     one, four = tmp_path / "b1", tmp_path / "b4"
     # the generator's pixels (the watermark, a function of them, is the engine's and tested there)
     assert main(["generate", "--model", str(sd_dir), "--out", str(one), "--batch-size", "1", "--no-watermark",
@@ -70,6 +70,33 @@ def test_stable_diffusion_folder_gray_pngs_provenance_batch_independent_seeds_an
                  *args]) == 0
     assert "generated 1 image(s), skipped 3" in capsys.readouterr().out
     assert np.array_equal(load_gray(four / recs[3].image), before)
+
+
+def test_precision_applies_to_diffusers_pipelines_and_dtype_is_its_old_spelling(sd_dir, tmp_path, capsys,
+                                                                                 one_thread, monkeypatch):
+    args = ["--prompt", "left effusion", "--seed", "1", "--no-watermark", *FAST]
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert main(["generate", "--model", str(sd_dir), "--out", str(out), *args, *extra]) == 0
+        rec = read_manifest(out / "manifest.jsonl")[0]
+        return rec.provenance["dtype"], load_gray(out / rec.image)
+
+    dtype, bf16 = run("bf16", "--precision", "bf16")
+    assert dtype == "bfloat16"
+    capsys.readouterr()
+    dtype, alias = run("alias", "--dtype", "bfloat16")
+    assert dtype == "bfloat16" and np.array_equal(alias, bf16)  # the old spelling, the same images
+    assert "--dtype is deprecated; use --precision bf16" in capsys.readouterr().err
+    monkeypatch.setenv("CHEXGEN_CPU_BF16", "0")
+    dtype, fp32 = run("auto-off")  # auto, with the CPU's bf16 turned off: fp32
+    assert dtype == "float32" and not np.array_equal(fp32, bf16)
+    monkeypatch.setenv("CHEXGEN_CPU_BF16", "1")
+    assert run("auto-on")[0] == "bfloat16"  # auto where bf16 is fast: bf16, as for chexgen models
+    code = main(["generate", "--model", str(sd_dir), "--out", str(tmp_path / "both"), *args, "--dtype", "float16",
+                 "--precision", "bf16"])
+    assert code == 2 and "contradicts --precision bf16" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
 
 
 def test_pixart_folder_with_a_prompt_template_from_a_manifest(pixart_dir, tmp_path, one_thread):

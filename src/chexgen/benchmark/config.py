@@ -11,10 +11,11 @@ Example (paths relative to the file; unknown keys are errors)::
     seed: 0
     batch_size: 8
     watermark: false                      # default: generated images carry no invisible watermark (see below)
+    precision: auto                       # generation: auto (bf16 where fast) | fp32 | bf16 | fp16; per model too
     models:
       - {name: chexgen, backend: chexgen, model: runs/t2i/pipeline, sampler: ddim, steps: 100}
       - {name: roentgen-v2, backend: diffusers, model: stanfordmimi/RoentGen-v2,
-         prompt_template: roentgen-v2, steps: 75, guidance: 3, dtype: float16}
+         prompt_template: roentgen-v2, steps: 75, guidance: 3, precision: fp16}
       - {name: vae-upper-bound, backend: vae-reconstruction, model: runs/t2i/pipeline}
       - {name: untrained, backend: chexgen, preset: tiny}
     extractors:
@@ -27,6 +28,11 @@ Example (paths relative to the file; unknown keys are errors)::
 Backends: ``chexgen`` (a pipeline folder, or ``preset`` for an untrained model), ``diffusers`` (a
 folder or hub id), ``vae-reconstruction`` (the VAE of a chexgen pipeline folder re-encoding each
 prompt's real image: the upper bound), ``auto`` (read off the folder; the default).
+
+Precision: each model generates in its ``precision`` (else the config's ``precision``, default ``auto``:
+bf16 on a CPU or GPU with fast bf16, as ``chexgen generate``); ``dtype`` is the old diffusers-only
+spelling. VAE reconstructions and every feature extractor run in fp32, so that scores do not depend
+on the machine.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ class ModelEntry:
     steps: int | None = None
     guidance: float | None = None
     negative_prompt: str | None = None  # diffusers only
-    dtype: str | None = None  # diffusers only
+    precision: str | None = None  # auto | fp32 | bf16 | fp16 for generation; None = the benchmark's
+    dtype: str | None = None  # diffusers only: the old spelling of precision (a torch dtype name)
     revision: str | None = None  # diffusers hub models
     text_encoder: str | None = None  # chexgen models: load the referenced text encoder from here
     batch_size: int | None = None  # default: the benchmark's
@@ -104,6 +111,7 @@ class BenchmarkConfig:
     seed: int = 0
     batch_size: int = 8
     device: str | None = None
+    precision: str = "auto"  # generation of every model that names none (features are always fp32)
     # generated images are evaluation artefacts: the invisible watermark (PSNR ~40 dB) would perturb the
     # synthetic side only, biasing SSIM-based diversity, memorisation and pixel comparisons; true marks them
     watermark: bool = False
@@ -219,6 +227,12 @@ def load_config(path: "str | Path", out: "str | Path | None" = None) -> Benchmar
 
 def check_config(cfg: BenchmarkConfig, where: str = "benchmark config") -> None:
     """Values that need no file or model to check: names, backends, kinds, counts."""
+    from chexgen.models.precision import normalise_precision
+
+    try:
+        cfg.precision = normalise_precision(cfg.precision)
+    except ChexgenError as err:
+        raise ChexgenError(f"{where}: {err}") from None
     names: set[str] = set()
     for i, m in enumerate(cfg.models):
         w = f"{where}: models[{i}] ({m.name})"
@@ -231,6 +245,13 @@ def check_config(cfg: BenchmarkConfig, where: str = "benchmark config") -> None:
             raise ChexgenError(f"{w}: give exactly one of model (a folder or hub id) and preset")
         if m.preset is not None and m.backend not in ("auto", "chexgen"):
             raise ChexgenError(f"{w}: preset is for chexgen models only")
+        if m.precision is not None:
+            try:
+                m.precision = normalise_precision(m.precision)
+            except ChexgenError as err:
+                raise ChexgenError(f"{w}: {err}") from None
+            if m.dtype is not None and normalise_precision(m.dtype) != m.precision:
+                raise ChexgenError(f"{w}: dtype {m.dtype} contradicts precision {m.precision}; give precision only")
     ext_names: set[str] = set()
     for i, e in enumerate(cfg.extractors):
         w = f"{where}: extractors[{i}] ({e.name})"

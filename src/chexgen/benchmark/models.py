@@ -51,7 +51,8 @@ def _check_chexgen_options(m: ModelEntry, where: str, folder: str | None) -> Non
     from chexgen.pipelines.base import CONFIG_NAME, PipelineConfig, resolve_sampling
 
     if m.negative_prompt is not None or m.dtype is not None or m.revision is not None:
-        raise ChexgenError(f"{where}: negative_prompt / dtype / revision are for diffusers models only")
+        raise ChexgenError(f"{where}: negative_prompt / dtype / revision are for diffusers models only (chexgen "
+                           "models take precision)")
     if folder is not None:
         try:
             config = PipelineConfig.from_dict(json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8")))
@@ -131,13 +132,15 @@ def open_backend(pm: PreparedModel, cfg: BenchmarkConfig, device: str, real_root
         else:
             pipe = ChexGenPipeline.from_pretrained(m.model, text_encoder_name_or_path=m.text_encoder)
             name = str(Path(m.model).resolve())
-        pipe.to(device)
+        pipe.to(device, precision=m.precision or cfg.precision)
         pipe.text_encoder  # load now: a broken reference fails before the model's first image
         backend = ChexGenBackend(pipe, resolve_sampling(pipe.config, m.sampler, m.steps, m.guidance), model_name=name)
     else:
         from chexgen.generation.backends.diffusers import DiffusersBackend
+        from chexgen.generation.job import diffusers_dtype
 
-        backend = DiffusersBackend.load(pm.source.diffusers, device=device, dtype=m.dtype, progress=False,
+        dtype = diffusers_dtype(m.precision or cfg.precision, m.dtype, device)
+        backend = DiffusersBackend.load(pm.source.diffusers, device=device, dtype=dtype, progress=False,
                                         steps=m.steps, guidance=m.guidance, negative_prompt=m.negative_prompt)
     return TemplatedBackend(backend, pm.template) if pm.template is not None else backend
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from chexgen.models.precision import PRECISION_HELP, PRECISIONS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="BENCH_YAML",
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="torch device for generation and features (default: the config's, else this process's "
                              "accelerator under accelerate / torchrun, else cuda if available, else cpu).")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help=PRECISION_HELP + " For the generation of every model whose entry names none (default: "
+                             "the config's `precision`, else auto); features are always computed in fp32.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
 
 
@@ -30,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, out=args.out)
     if args.device:
         cfg.device = args.device
+    if args.precision:
+        cfg.precision = args.precision
     result = run_benchmark(cfg, progress=not args.no_progress)
     if result.rank != 0:
         return 0

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--negative-prompt", default=None,
                    help="Diffusers pipelines: the negative prompt (default: the pipeline's own, usually none).")
     m.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="Diffusers pipelines: weight / compute precision (default float32; float16 on GPUs).")
+                   help="Deprecated spelling of --precision (float32 = fp32, bfloat16 = bf16, float16 = fp16), "
+                        "kept for old scripts; --precision now applies to diffusers pipelines too.")
     m.add_argument("--preset", default=None,
                    help="Instead of --model, build an UNTRAINED model from this preset (smoke tests; images are "
                         "noise). See `chexgen presets`.")
@@ -131,12 +132,23 @@ def _options(args: argparse.Namespace):
         mask_size=tuple(args.mask_size), include_empty_masks=args.include_empty_masks,
         max_conditions=args.max_conditions,
     )
+    precision = args.precision
+    if args.dtype is not None:
+        import sys
+
+        from chexgen.errors import ChexgenError
+        from chexgen.models.precision import normalise_precision
+
+        alias = normalise_precision(args.dtype)
+        if precision not in ("auto", alias):
+            raise ChexgenError(f"--dtype {args.dtype} contradicts --precision {precision}; give --precision only")
+        print(f"chexgen generate: --dtype is deprecated; use --precision {alias}", file=sys.stderr)
+        precision = alias
     return GenerateOptions(
         out=args.out, texts=list(args.text or []) + list(args.prompt or []), prompts_file=args.prompts,
         column=args.column, manifest=args.manifest, demographic=args.demographic_prompts, model=args.model,
         backend=args.backend, prompt_template=args.prompt_template, negative_prompt=args.negative_prompt,
-        dtype=args.dtype,
-        preset=args.preset, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
+        preset=args.preset, text_encoder=args.text_encoder, device=args.device, precision=precision,
         sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, num_images_per_prompt=args.num_images_per_prompt,
         batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,

@@ -32,8 +32,8 @@ class GenerateOptions:
 
     texts / prompts_file (+ column, manifest, demographic): the prompts, given directly or in a file.
     model (a folder or a hub id) / backend (None = read off the model) / preset / text_encoder / device /
-    precision (auto | fp32 | bf16 | fp16 for chexgen models, see :mod:`chexgen.models.precision`) / dtype
-    (diffusers models): the generator. prompt_template: how prompts are built from the records (see
+    precision (auto | fp32 | bf16 | fp16, for chexgen and diffusers models alike, see
+    :mod:`chexgen.models.precision`; dtype, a torch dtype name, overrides it for diffusers models): the generator. prompt_template: how prompts are built from the records (see
     :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale: spatial control.
     sampler / steps / guidance / negative_prompt (None = the model's defaults), num_images_per_prompt,
     batch_size, seed: sampling. out / bits / image_format (png, dicom, both) / watermark / progress: output.
@@ -175,7 +175,8 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
                            "scheduler and text encoder")
     items = collect_prompts(opts)
     state = PartialState(cpu=_use_cpu(opts.device))
-    backend = DiffusersBackend.load(source.diffusers, device=opts.device or str(state.device), dtype=opts.dtype,
+    device = opts.device or str(state.device)
+    backend = DiffusersBackend.load(source.diffusers, device=device, dtype=diffusers_dtype(opts.precision, opts.dtype, device),
                                     progress=opts.progress, steps=opts.steps, guidance=opts.guidance,
                                     negative_prompt=opts.negative_prompt)
     return generate_to_folder(
@@ -184,6 +185,16 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
         barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
         image_format=opts.image_format, watermark=opts.watermark,
     )
+
+
+def diffusers_dtype(precision: str, dtype: "str | None", device: str) -> str:
+    """The torch dtype name a diffusers pipeline loads in: ``dtype`` if given (the diffusers spelling),
+    else ``precision`` resolved for ``device`` as for chexgen models (``auto``: bf16 where fast)."""
+    from chexgen.models.precision import resolve_precision
+
+    if dtype is not None:
+        return dtype
+    return str(resolve_precision(precision, device)).replace("torch.", "")
 
 
 def run_generation(opts: GenerateOptions) -> GenerationResult:
@@ -212,7 +223,7 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
     if source is not None and source.backend == "diffusers":
         return _run_diffusers(opts, source, out)
     if opts.negative_prompt is not None or opts.dtype is not None:
-        raise ChexgenError("--negative-prompt / --dtype: diffusers pipelines only (chexgen models take --precision "
+        raise ChexgenError("negative_prompt / dtype: diffusers pipelines only (chexgen models take precision "
                            "and guide with the null caption)")
     items = collect_prompts(opts, required=control_dir is None)
     rejects: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ __all__ = [
     "cpu_bf16_fast",
     "resolve_precision",
     "precision_name",
-]
+ "normalise_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,11 @@ def resolve_precision(name: "str | torch.dtype | None" = "auto",
     if key == "fp16" and not feats.fp16:
         _note_once("precision fp16: this CPU has neither AMX-FP16 nor AVX512-FP16; fp16 is emulated (slow)", warn=True)
     return _DTYPES[key]
+
+
+def normalise_precision(name: "str | torch.dtype | None") -> str:
+    """``auto`` / ``fp32`` / ``bf16`` / ``fp16`` for a name or alias (``float16``, ``bfloat16``, ...); else an error."""
+    return _normalise(name)
 
 
 def precision_name(dtype: torch.dtype) -> str:
