@@ -118,3 +118,18 @@ def test_changelog_has_unreleased_section():
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## [Unreleased]" in text
     assert re.search(r"^### Documentation$", text, re.M)
+
+
+def test_sphinx_roles_render_as_code_in_the_api_pages():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "hooks" / "sphinx_roles.py"
+    spec = importlib.util.spec_from_file_location("sphinx_roles", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    html = ("through :class:<code>GeneratorBackend</code>, one :class:<code>~chexgen.data.manifest.Record</code> "
+            "per image, :func:<code>chexgen.evaluation.metrics.fid</code> and a:b:<code>kept</code>")
+    assert hook.on_page_content(html) == (
+        "through <code>GeneratorBackend</code>, one <code>Record</code> per image, "
+        "<code>chexgen.evaluation.metrics.fid</code> and a:b:<code>kept</code>")
+    assert "hooks/sphinx_roles.py" in (path.parents[2] / "mkdocs.yml").read_text()  # the build uses it
