@@ -142,3 +142,34 @@ def test_audit_salts_raw_source_ids_when_asked(sets, tmp_path, capsys):
     ids = [r.extra["source_id"] for r in released]
     assert all(i.startswith("sh1:") for i in ids) and len(set(ids)) == 2 and salt.is_file()
     assert [r.extra["source_id"] for r in read_manifest(syn)] == ["gen-src-1", "gen-src-2"]  # working copy kept
+
+
+def test_audit_scores_re_identification_with_chexgenbench_weights(sets, tmp_path, capsys):
+    import torch
+
+    from chexgen.evaluation.reid import SiameseReID
+
+    root, train, train_imgs, others = sets
+    torch.manual_seed(0)
+    net = SiameseReID()
+    with torch.no_grad():  # same patient only for (nearly) identical embeddings: sigmoid(3 - 50 * sum|a - b|)
+        net.fc_end.weight.fill_(-50.0)
+        net.fc_end.bias.fill_(3.0)
+    weights = tmp_path / "ResNet-50_epoch11_data_handling_RPN.pth"
+    torch.save(net.state_dict(), weights)  # a plain state dict, as CheXGenBench ships it
+    syn = write_synthetic_set(tmp_path / "syn", [others[0], train_imgs[2]])  # the second: a training image
+    (tmp_path / "salt.hex").write_text("ab" * 32)
+    rc = main(["audit-release", str(syn), "--train", str(train), "--out", str(tmp_path / "audit"), "--features",
+               str(CLASSIFIER), "--no-progress", "--salt-file", str(tmp_path / "salt.hex"), "--reid-model",
+               str(weights), "--require-reid"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "reidentification: FAIL" in out
+    assert "syn_0001: [reidentification] re-identification score" in out and "syn_0000: [reidentification]" not in out
+    check = json.loads((tmp_path / "audit" / "metrics.json").read_text())["checks"]["reidentification"]
+    assert check["status"] == "fail" and check["n_failed"] == 1
+    (tmp_path / "junk.pth").write_bytes(b"not a model")
+    rc = main(["audit-release", str(syn), "--train", str(train), "--out", str(tmp_path / "bad"), "--features",
+               str(CLASSIFIER), "--no-progress", "--salt-file", str(tmp_path / "salt.hex"), "--reid-model",
+               str(tmp_path / "junk.pth")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "neither TorchScript" in err and not (tmp_path / "bad").exists()

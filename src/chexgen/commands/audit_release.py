@@ -27,8 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluate and reader studies can match) by salted hashes in what is released, instead of "
                         "failing on them. Needs --salt-file.")
     p.add_argument("--reid-model", default=None, metavar="PATH",
-                   help="TorchScript re-identification model f(a, b) -> same-patient probability for batches "
-                        "[B,1,H,W] in [0,1]; without it the re-identification check is reported missing.")
+                   help="Re-identification model: CheXGenBench's Siamese ResNet-50 weights "
+                        "(ResNet-50_epoch11_data_handling_RPN.pth, as `chexgen evaluate --reid-weights` takes) or a "
+                        "TorchScript model f(a, b) -> same-patient probability for batches [B,1,H,W] in [0,1]; "
+                        "without it the re-identification check is reported missing.")
     p.add_argument("--reid-threshold", type=float, default=0.5, help="Re-identification score that fails an image.")
     p.add_argument("--require-reid", action="store_true",
                    help="Count a missing re-identification check as a failure.")

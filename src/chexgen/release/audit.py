@@ -15,10 +15,10 @@ Checks (each pass / fail, re-identification also *missing*):
     feature and by SSIM (:func:`chexgen.evaluation.memorisation.compute_memorisation`);
     flagged near copies fail and are shown side by side with their training
     neighbour in the report.
-(c) **re-identification**: a patient re-identification score is not part of
-    chexgen yet; with a scorer (``reid``: a callable ``(synthetic [B,1,H,W],
-    training [B,1,H,W]) -> [B]`` same-patient probabilities, e.g. a Siamese
-    network exported as TorchScript) each synthetic image is scored against its
+(c) **re-identification**: with a scorer (``reid``: a callable ``(synthetic
+    [B,1,H,W], training [B,1,H,W]) -> [B]`` same-patient probabilities; ``--reid-model``
+    loads CheXGenBench's Siamese ResNet-50 weights through
+    :mod:`chexgen.evaluation.reid`, or a TorchScript scorer) each synthetic image is scored against its
     ``shortlist`` nearest training images and fails at ``reid_threshold``;
     without one the check is reported *missing* (a failure only with
     ``require_reid``).
@@ -348,7 +348,8 @@ def audit_release(
     if reid is None:
         result.checks["reidentification"] = {
             "status": "missing", "required": cfg.require_reid, "n_failed": 0,
-            "detail": "no re-identification model given (reid / --reid-model); chexgen has no such metric yet"}
+            "detail": "no re-identification model given (reid / --reid-model: CheXGenBench's Siamese ResNet-50 "
+                      "weights or a TorchScript scorer)"}
     for name, c in result.checks.items():
         if c.get("n_failed"):
             c["status"] = "fail"
@@ -418,7 +419,12 @@ def build_audit_extractor(features: str = "xrv", weights: str | None = None, ran
 
 
 def load_reid_model(path: str | os.PathLike) -> ReidScorer:
-    """A TorchScript re-identification model ``f(a, b) -> [B]`` (see the module doc, check (c))."""
+    """A re-identification scorer ``f(a, b) -> [B]`` same-patient probabilities (module doc, check (c)).
+
+    ``path`` is either the Siamese ResNet-50 weights CheXGenBench scores privacy with
+    (``ResNet-50_epoch11_data_handling_RPN.pth``, a plain state dict; see
+    :mod:`chexgen.evaluation.reid`) or a TorchScript file of any model with that call signature.
+    """
     import torch
 
     p = Path(path)
@@ -427,9 +433,23 @@ def load_reid_model(path: str | os.PathLike) -> ReidScorer:
     try:
         model = torch.jit.load(str(p), map_location="cpu")
     except (RuntimeError, ValueError) as e:
-        raise ChexgenError(f"--reid-model {p}: not a TorchScript file ({e})") from None
-    model.eval()
-    return model
+        jit_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        model.eval()
+        return model
+    from chexgen.evaluation.reid import load_reid_network
+
+    try:
+        net = load_reid_network(p)
+    except ChexgenError as e:
+        raise ChexgenError(f"--reid-model {p}: neither TorchScript ({jit_error}) nor CheXGenBench re-identification "
+                           f"weights ({e})") from None
+
+    def score(a, b):
+        """Same-patient probability of gray batches ``a`` and ``b`` ([B, 1, H, W] in [0, 1])."""
+        return net.score_embeddings(net.embed(net.preprocess(a)), net.embed(net.preprocess(b)))
+
+    return score
 
 
 def run_audit_from_options(synthetic_manifest, train_manifest, out_dir, cfg: AuditConfig, features: str = "xrv",
