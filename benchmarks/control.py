@@ -25,6 +25,15 @@ chexgen's own.
     python benchmarks/control.py                      # ~8 min on 2 busy CPU cores
     python benchmarks/control.py --condition boxes    # box control instead of masks
     python benchmarks/control.py --base-seconds 1200 --control-seconds 1200 --n 3000   # stronger
+
+With ``--model DIR`` nothing is trained but the segmenter: a demo model folder (``pipeline/`` with its
+real VAE + ``control/``, e.g. ``src/chexgen/assets/demo``) generates at its own resolution from the
+impressions of held-out phantom cases (seed 1000, the model's ``prevalence.yaml``) with and without
+their finding masks / boxes (same seeds; without = conditioning scale 0, which is exactly the text
+pipeline), and the segmenter, trained on real phantom images of a third cohort (seed 3000), scores
+both at ``--eval-size`` px:
+
+    python benchmarks/control.py --model src/chexgen/assets/demo [--condition boxes]
 """
 
 from __future__ import annotations
@@ -172,6 +181,99 @@ def score(evidence: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.array(hits), np.array(dices)
 
 
+def _finding_condition(record, root: Path, condition: str):
+    """The record's finding masks (or its boxes) as a :class:`ConditionInput`; None without any."""
+    from chexgen.data.condition_sources import ConditionInput
+    from chexgen.data.conditions import LabelledMask, load_mask, resolve_class
+
+    if condition == "boxes":
+        if not record.boxes:
+            return None
+        return ConditionInput(record.id, record.width, record.height, boxes=list(record.boxes))
+    masks = [LabelledMask(m.name, load_mask(record.resolve(m.path, root), allow_empty=True))
+             for m in record.masks if resolve_class(m.name).kind == "finding"]
+    masks = [m for m in masks if m.mask.any()]
+    return ConditionInput(record.id, record.width, record.height, masks=masks) if masks else None
+
+
+def main_model(a) -> int:
+    """``--model``: score a trained demo model's adapter (see the module docstring)."""
+    from chexgen.pipelines.control import ChexGenControlPipeline
+
+    t0 = time.perf_counter()
+    model = Path(a.model)
+    if not (model / "control" / "config.json").is_file() or not (model / "prevalence.yaml").is_file():
+        print(f"{model}: expected a demo model folder with control/ and prevalence.yaml", file=sys.stderr)
+        return 2
+    pipe = ChexGenControlPipeline.from_pretrained(model / "control", precision=a.precision)
+    size = pipe.base.config.resolution
+    out = Path(a.out)
+    cohorts = {}
+    for name, seed, n in (("heldout", 1000, a.heldout), ("segmenter", 3000, a.n)):
+        folder = out / f"model_{name}_{size}_{n}_{seed}"
+        write_cohort(CohortConfig(n=n, size=size, seed=seed, prevalence=str(model / "prevalence.yaml"), workers=2),
+                     folder, TemplateReportWriter(seed=seed), progress=False)
+        cohorts[name] = (read_manifest(folder / "manifest.jsonl"), folder)
+    seg_recs, seg_root = cohorts["segmenter"]
+    e = a.eval_size
+    seg_img = torch.from_numpy(np.stack([fit_square(load_gray(r.resolve(r.image, seg_root)), e) for r in seg_recs]))
+    seg_region = np.stack([finding_region(r, seg_root, e, a.condition) for r in seg_recs])
+    held, held_root = cohorts["heldout"]
+    cases = []
+    for r in held:
+        region = finding_region(r, held_root, e, a.condition)
+        cond = _finding_condition(r, held_root, a.condition)
+        if cond is not None and region.any() and region.mean() < 0.5:
+            cases.append((r, cond, region))
+    cases = cases[: a.test_cases]
+    print(f"{len(cases)} held-out cases with a finding region; cohorts in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+    print(f"training the finding segmenter (evaluation only) for {a.segmenter_seconds:.0f} s at {e} px",
+          file=sys.stderr)
+    segmenter = train_segmenter(seg_img[:, None], seg_region, a.segmenter_seconds, a.seed + 2)
+    prompts = [r.impression or "No acute cardiopulmonary process." for r, _, _ in cases]
+    conds = [c for _, c, _ in cases]
+    seeds = list(range(1000, 1000 + len(cases)))
+    regions = np.stack([reg for _, _, reg in cases])
+    results = {}
+    t1 = time.perf_counter()
+    for name, scale in (("text only (base)", 0.0), ("text + control", 1.0)):
+        imgs = pipe(prompts, conds, seeds=seeds, conditioning_scale=scale, num_inference_steps=a.model_steps,
+                    batch_size=16, progress=False).images[:, 0].numpy()
+        results[name] = np.stack([fit_square(im, e) for im in imgs])
+    t_gen = time.perf_counter() - t1
+    real = np.stack([fit_square(load_gray(r.resolve(r.image, held_root)), e) for r, _, _ in cases])
+    scored = {"real test images (segmenter ceiling)": score(detect(segmenter, real), regions)}
+    for name, imgs in results.items():
+        scored[name] = score(detect(segmenter, imgs), regions)
+    settings = pipe.base.sampling_settings(None, a.model_steps, None)
+    print(f"\nControl benchmark ({model}): {a.condition} condition, {size} px (scored at {e} px), {len(cases)} "
+          f"held-out cases, {settings.sampler} {settings.steps} steps, guidance "
+          f"{settings.guidance:g}, {pipe.base.precision}; {2 * len(cases)} images in {t_gen:.0f} s; "
+          f"{time.perf_counter() - t0:.0f} s total")
+    return _report(scored, regions)
+
+
+def _report(scored, regions) -> int:
+    print(f"{'images':40s} {'hit rate':>9s} {'Dice':>7s}")
+    for name, (hits, dices) in scored.items():
+        print(f"{name:40s} {hits.mean():9.3f} {dices.mean():7.3f}")
+    chance = float(regions.mean(axis=(1, 2)).mean())
+    print(f"{'chance (mean region area fraction)':40s} {chance:9.3f}")
+    from scipy.stats import binomtest, wilcoxon
+
+    (hit_b, dice_b), (hit_c, dice_c) = scored["text only (base)"], scored["text + control"]
+    ceiling = scored["real test images (segmenter ceiling)"][0].mean()
+    only_c, only_b = int((hit_c & ~hit_b).sum()), int((hit_b & ~hit_c).sum())
+    p_hit = binomtest(only_c, only_c + only_b).pvalue if only_c + only_b else 1.0
+    p_dice = wilcoxon(dice_c, dice_b).pvalue if np.any(dice_c != dice_b) else 1.0
+    print(f"with / without control: hit rate x{hit_c.mean() / max(hit_b.mean(), 1e-9):.2f} "
+          f"(hit only with control {only_c}, only without {only_b}; sign test p={p_hit:.3f}), "
+          f"Dice x{dice_c.mean() / max(dice_b.mean(), 1e-9):.2f} (Wilcoxon p={p_dice:.3f})")
+    print(f"hit rate with control / segmenter ceiling: {hit_c.mean() / max(ceiling, 1e-9):.2f} (target >= 0.8)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=800, help="phantom cases (80/10/10 split)")
@@ -194,9 +296,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a shared, busy 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="score this demo model folder's adapter instead of training tiny ones (module docstring); "
+                        "--n is then the segmenter cohort's size")
+    p.add_argument("--heldout", type=int, default=256, help="--model: held-out cases rendered (seed 1000)")
+    p.add_argument("--eval-size", type=int, default=64, help="--model: px at which the segmenter scores")
+    p.add_argument("--model-steps", type=int, default=None, help="--model: sampling steps (default: the model's)")
+    p.add_argument("--precision", default="auto", help="--model: auto | fp32 | bf16 | fp16")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.model:
+        return main_model(a)
     t0 = time.perf_counter()
     out = Path(a.out)
 
@@ -256,25 +367,10 @@ def main(argv=None) -> int:
     scored = {"real test images (segmenter ceiling)": score(detect(segmenter, real), regions)}
     for name, imgs in results.items():
         scored[name] = score(detect(segmenter, imgs), regions)
-    chance = float(regions.mean(axis=(1, 2)).mean())
-
     print(f"\nControl benchmark: {a.condition} condition, phantom {a.size} px, {len(keep)} test cases, "
           f"base {base_steps} steps / adapter {control_steps} steps (batch {a.batch_size}), "
           f"DDIM {a.steps}, guidance {a.guidance}, {time.perf_counter() - t0:.0f} s total")
-    print(f"{'images':40s} {'hit rate':>9s} {'Dice':>7s}")
-    for name, (hits, dices) in scored.items():
-        print(f"{name:40s} {hits.mean():9.3f} {dices.mean():7.3f}")
-    print(f"{'chance (mean region area fraction)':40s} {chance:9.3f}")
-    from scipy.stats import binomtest, wilcoxon
-
-    (hit_b, dice_b), (hit_c, dice_c) = scored["text only (base)"], scored["text + control"]
-    only_c, only_b = int((hit_c & ~hit_b).sum()), int((hit_b & ~hit_c).sum())
-    p_hit = binomtest(only_c, only_c + only_b).pvalue if only_c + only_b else 1.0
-    p_dice = wilcoxon(dice_c, dice_b).pvalue if np.any(dice_c != dice_b) else 1.0
-    print(f"with / without control: hit rate x{hit_c.mean() / max(hit_b.mean(), 1e-9):.2f} "
-          f"(hit only with control {only_c}, only without {only_b}; sign test p={p_hit:.3f}), "
-          f"Dice x{dice_c.mean() / max(dice_b.mean(), 1e-9):.2f} (Wilcoxon p={p_dice:.3f})")
-    return 0
+    return _report(scored, regions)
 
 
 if __name__ == "__main__":
