@@ -34,20 +34,26 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "bundled_text_reference.n
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def test_bundled_model_text_images_are_bitwise_those_recorded_before_the_redesign():
-    # Recorded with the pre-redesign ChexGenPipeline (tests/data/bundled_text_reference.npy, commit e3b7645).
-    # the numeric environment of the recording: 2 threads, denormals kept (`chexgen demo` flushes them)
-    threads = torch.get_num_threads()
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(2)
-    try:
-        pipe = ChexGenPipeline.from_pretrained(BUNDLED)
-        out = pipe(["Moderate right pleural effusion.", "No acute cardiopulmonary process."], num_images_per_prompt=2,
-                   seed=123, sampler="iddpm", num_inference_steps=8, batch_size=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert pipe.config.clip_latents == 5.0 and pipe.precision == "fp32"  # the recording's sampler (then the default)
-    assert np.array_equal(out.images.numpy(), np.load(REFERENCE))
+def _recorder():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "record_bundled_reference.py"
+    spec = importlib.util.spec_from_file_location("record_bundled_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundled_model_text_images_are_bitwise_those_recorded():
+    # First recorded with the pre-redesign ChexGenPipeline (commit e3b7645: the engine redesign kept every
+    # pixel); re-recorded by scripts/record_bundled_reference.py only when the bundled weights change.
+    recorder = _recorder()
+    meta = json.loads(REFERENCE.with_suffix(".json").read_text())
+    assert recorder.weights_sha256() == meta["transformer_sha256"], (
+        "the bundled transformer weights changed: re-record with scripts/record_bundled_reference.py")
+    assert meta["sampler"] == "iddpm" and meta["num_inference_steps"] == 8  # the recording's settings
+    images = recorder.render()  # fp32, 2 threads, denormals kept: the numeric environment of the recording
+    assert np.array_equal(images, np.load(REFERENCE))
 
 
 @pytest.fixture(scope="module")
