@@ -183,6 +183,20 @@ def test_cohort_is_independent_of_workers_and_resumable(atlas, tmp_path):
     with pytest.raises(ChexgenError, match="other settings"):
         write_cohort(CohortConfig(n=5, size=SIZE, seed=3), tmp_path / "w1", writer, progress=False)
 
+    # a prevalence file enters by its recipe: a moved copy resumes, the same path edited is refused
+    recipe = "Pleural Effusion: 0.5\nCardiomegaly: 0.3\nmax_findings: 2\n"
+    (tmp_path / "a.yaml").write_text(recipe)
+    cfg = dict(n=2, size=SIZE, seed=2, workers=1)
+    write_cohort(CohortConfig(prevalence=str(tmp_path / "a.yaml"), **cfg), tmp_path / "p", writer, progress=False)
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "b.yaml").write_text(recipe)
+    moved = write_cohort(CohortConfig(prevalence=str(tmp_path / "moved" / "b.yaml"), **cfg), tmp_path / "p", writer,
+                         progress=False)
+    assert moved["skipped"] == 2 and moved["written"] == 0
+    (tmp_path / "a.yaml").write_text(recipe.replace("0.5", "0.9"))
+    with pytest.raises(ChexgenError, match="prevalence_recipe"):
+        write_cohort(CohortConfig(prevalence=str(tmp_path / "a.yaml"), **cfg), tmp_path / "p", writer, progress=False)
+
     records = read_manifest(tmp_path / "w1" / "manifest.jsonl")
     assert len(records) == 5
     for rec in records:

@@ -89,9 +89,14 @@ class CohortConfig:
             raise ChexgenError(f"--workers must be at least 1, got {self.workers}")
 
     def identity(self) -> dict[str, Any]:
+        """What decides the pixels (compared on resume). A prevalence file enters by its recipe (rates,
+        max findings), not its path: a moved copy resumes, an edited file at the same path does not."""
         d = asdict(self)
         for k in ("workers", "source", "cache", "n"):
             d.pop(k)
+        prev = load_prevalence(self.prevalence)
+        d["prevalence_recipe"] = {"rates": dict(sorted(prev.rates.items())), "balanced": prev.balanced,
+                                  "max_findings": prev.max_findings}
         return d
 
 
@@ -233,6 +238,11 @@ def _check_settings(cfg: CohortConfig, out: Path) -> bool:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ChexgenError(f"{path}: not a chexgen cohort settings file ({e}); use another --out") from None
     mine = cfg.identity()
+    if "prevalence_recipe" in old:  # the recipe decides; the file's path may differ
+        mine.pop("prevalence")
+        old.pop("prevalence", None)
+    else:  # written before recipes were recorded: the path is all there is to compare
+        mine.pop("prevalence_recipe")
     diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
     if diff:
         raise ChexgenError(f"{path}: this folder holds a cohort made with other settings {diff} "
