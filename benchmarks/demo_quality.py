@@ -133,7 +133,8 @@ def main() -> int:
             print(f"  {e['source']:14s} {e['label']:17s} area {e['area_fraction']:.3f}  ratio "
                   f"{e['localisation_ratio']:.2f}  \"{e['prompt']}\"")
     (work / "demo_quality.json").write_text(json.dumps(
-        {"runs": [{"guidance": g, "generate_seconds": t, "demo": d} for g, t, d, _ in rows],
+        {"runs": [{"guidance": g, "generate_seconds": t, "demo": d,
+                   "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]} for g, t, d, m in rows],
          "precision": pipe.precision, "sampler": sampler, "steps": steps,
          "demo_seconds": demo_seconds, "demo_cpu_seconds": demo_cpu, "control": control}, indent=2, default=float))
     print(f"details: {work / 'demo_quality.json'}")
