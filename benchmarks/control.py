@@ -33,12 +33,16 @@ their finding masks / boxes (same seeds; without = conditioning scale 0, which i
 pipeline), and the segmenter, trained on real phantom images of a third cohort (seed 3000), scores
 both at ``--eval-size`` px:
 
-    python benchmarks/control.py --model src/chexgen/assets/demo [--condition boxes]
+    python benchmarks/control.py --model src/chexgen/assets/demo [--condition boxes] [--drop-location]
+
+The impressions name the side and zone of each finding, so text alone already places many findings;
+``--drop-location`` removes those words so that only the condition can say where.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -139,7 +143,8 @@ class Segmenter(torch.nn.Module):
         return self.head(torch.cat([a, self.mid(a)], dim=1))
 
 
-def train_segmenter(images: torch.Tensor, regions: np.ndarray, seconds: float, seed: int) -> Segmenter:
+def train_segmenter(images: torch.Tensor, regions: np.ndarray, seconds: float, seed: int,
+                    steps: int | None = None) -> Segmenter:
     """Fit the finding segmenter on real training images and their exact finding regions."""
     torch.manual_seed(seed)
     net = Segmenter()
@@ -148,7 +153,7 @@ def train_segmenter(images: torch.Tensor, regions: np.ndarray, seconds: float, s
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     start, step = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+    while (step < steps) if steps else (time.perf_counter() - start < seconds):
         idx = torch.randint(0, len(images), (32,), generator=gen)
         x, y = images[idx], target[idx]
         if step % 2:  # left-right flips: findings occur on both sides
@@ -158,7 +163,7 @@ def train_segmenter(images: torch.Tensor, regions: np.ndarray, seconds: float, s
         loss.backward()
         opt.step()
         step += 1
-    print(f"  segmenter: {step} steps in {seconds:.0f} s, loss {float(loss.detach()):.3f}", file=sys.stderr)
+    print(f"  segmenter: {step} steps in {time.perf_counter() - start:.0f} s, loss {float(loss.detach()):.3f}", file=sys.stderr)
     return net.eval()
 
 
@@ -196,6 +201,15 @@ def _finding_condition(record, root: Path, condition: str):
     return ConditionInput(record.id, record.width, record.height, masks=masks) if masks else None
 
 
+_WHERE = re.compile(r"\b(left|right|bilateral)(-sided)?\b|\b(upper|mid|middle|lower)\s+zone\b", re.IGNORECASE)
+
+
+def drop_location(text: str) -> str:
+    """The impression without its side and zone words ("Small right upper zone consolidation." ->
+    "Small consolidation."), so that only the condition can say where the finding is."""
+    return re.sub(r"\s+([.,])", r"\1", re.sub(r"\s{2,}", " ", _WHERE.sub("", text))).strip()
+
+
 def main_model(a) -> int:
     """``--model``: score a trained demo model's adapter (see the module docstring)."""
     from chexgen.pipelines.control import ChexGenControlPipeline
@@ -228,10 +242,13 @@ def main_model(a) -> int:
     cases = cases[: a.test_cases]
     print(f"{len(cases)} held-out cases with a finding region; cohorts in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
-    print(f"training the finding segmenter (evaluation only) for {a.segmenter_seconds:.0f} s at {e} px",
+    budget = f"{a.segmenter_steps} steps" if a.segmenter_steps else f"{a.segmenter_seconds:.0f} s"
+    print(f"training the finding segmenter (evaluation only) for {budget} at {e} px",
           file=sys.stderr)
-    segmenter = train_segmenter(seg_img[:, None], seg_region, a.segmenter_seconds, a.seed + 2)
+    segmenter = train_segmenter(seg_img[:, None], seg_region, a.segmenter_seconds, a.seed + 2, a.segmenter_steps)
     prompts = [r.impression or "No acute cardiopulmonary process." for r, _, _ in cases]
+    if a.drop_location:
+        prompts = [drop_location(t) for t in prompts]
     conds = [c for _, c, _ in cases]
     seeds = list(range(1000, 1000 + len(cases)))
     regions = np.stack([reg for _, _, reg in cases])
@@ -249,7 +266,8 @@ def main_model(a) -> int:
     settings = pipe.base.sampling_settings(None, a.model_steps, None)
     print(f"\nControl benchmark ({model}): {a.condition} condition, {size} px (scored at {e} px), {len(cases)} "
           f"held-out cases, {settings.sampler} {settings.steps} steps, guidance "
-          f"{settings.guidance:g}, {pipe.base.precision}; {2 * len(cases)} images in {t_gen:.0f} s; "
+          f"{settings.guidance:g}, {pipe.base.precision}{', side / zone words dropped' if a.drop_location else ''}; "
+          f"{2 * len(cases)} images in {t_gen:.0f} s; "
           f"{time.perf_counter() - t0:.0f} s total")
     return _report(scored, regions)
 
@@ -299,10 +317,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, metavar="DIR",
                    help="score this demo model folder's adapter instead of training tiny ones (module docstring); "
                         "--n is then the segmenter cohort's size")
+    p.add_argument("--segmenter-steps", type=int, default=None,
+                   help="train the segmenter for this many steps instead of --segmenter-seconds (reproducible "
+                        "across machine load)")
     p.add_argument("--heldout", type=int, default=256, help="--model: held-out cases rendered (seed 1000)")
     p.add_argument("--eval-size", type=int, default=64, help="--model: px at which the segmenter scores")
     p.add_argument("--model-steps", type=int, default=None, help="--model: sampling steps (default: the model's)")
     p.add_argument("--precision", default="auto", help="--model: auto | fp32 | bf16 | fp16")
+    p.add_argument("--drop-location", action="store_true",
+                   help="--model: remove side and zone words from the prompts, so that only the condition says "
+                        "where the finding is (text alone then localises by chance or by anatomy)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
