@@ -151,7 +151,7 @@ def _prepare(work: Path, n: int, vae_dir: Path) -> dict[str, Path]:
     """Phantom cases cached for both tiny presets: tiny-f4 with the bundled VAE, tiny with a random 8x gray VAE
     (step time does not depend on the VAE's weights)."""
     from chexgen.cli import main as cli
-    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.models.presets import get_preset
     from chexgen.models.vae import RadiographVAE
 

@@ -180,7 +180,7 @@ def main() -> int:
 
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
-    from chexgen.data.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.demo.run import DemoConfig, _resolve_model, evaluate_demo_model
     from chexgen.diffusion.samplers import model_calls_per_image
     from chexgen.downstream.classifier import load_classifier
