@@ -151,11 +151,13 @@ def _prepare(work: Path, n: int, vae_dir: Path) -> dict[str, Path]:
     """Phantom cases cached for both tiny presets: tiny-f4 with the bundled VAE, tiny with a random 8x gray VAE
     (step time does not depend on the VAE's weights)."""
     from chexgen.cli import main as cli
-    from chexgen.phantom.cohort import CohortConfig, write_cohort
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.models.presets import get_preset
     from chexgen.models.vae import RadiographVAE
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
 
-    info = write_cohort(CohortConfig(n=n, size=128, seed=3000, workers=2), work / "phantom", progress=False)
+    info = write_cohort(CohortConfig(n=n, size=128, seed=3000, workers=2), work / "phantom",
+                        TemplateReportWriter(seed=3000), progress=False)
     tiny_vae = work / "vae-tiny"
     if not (tiny_vae / "config.json").is_file():
         torch.manual_seed(0)

@@ -178,12 +178,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
+    from chexgen.curation.report_writer import TemplateReportWriter
     from chexgen.data.imageio import load_gray
     from chexgen.data.manifest import read_manifest
-    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.demo.run import DemoConfig, _resolve_model, evaluate_demo_model
     from chexgen.diffusion.samplers import model_calls_per_image
     from chexgen.downstream.classifier import load_classifier
+    from chexgen.phantom.cohort import CohortConfig, write_cohort
     from chexgen.pipelines import ChexGenPipeline
     from chexgen.utils import atomic_write_json
 
@@ -195,7 +196,7 @@ def main() -> int:
     work = args.work
     info = write_cohort(CohortConfig(n=args.n, size=pipe.config.resolution, seed=args.heldout_seed,
                                      prevalence=str(prevalence), workers=2), work / f"heldout-{args.heldout_seed}",
-                        progress=False)
+                        TemplateReportWriter(seed=args.heldout_seed), progress=False)
     heldout = read_manifest(info["manifest"])
     root = Path(info["manifest"]).parent
     real = np.stack([load_gray(r.resolve(r.image, root)) for r in heldout])

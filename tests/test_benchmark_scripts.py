@@ -1,0 +1,40 @@
+"""The benchmark scripts that score the bundled model run end to end (tiny settings, real code paths).
+
+Their imports sit inside functions, so a library change can break them without any import failing at
+collection; these runs catch that (a moved module or a changed signature stopped both once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
+    [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_sampler_quality_scores_and_chooses_a_default(tmp_path):
+    out = _run("sampler_quality.py", "--n", "8", "--samplers", "ddim", "dpmsolver++", "--steps", "2", "--bootstrap",
+               "10", "--threads", "1", "--work", str(tmp_path / "w"), "--plot", str(tmp_path / "p.png"))
+    assert "default: " in out and (tmp_path / "p.png").stat().st_size > 0
+    (summary,) = (tmp_path / "w").glob("*/sampler_quality.json")
+    table = json.loads(summary.read_text())
+    assert {f"{r['sampler']}-{r['steps']}" for r in table["rows"]} == {"ddim-2", "dpmsolver++-2"}
+    assert table["chosen"]["calls"] == 4  # 2 steps x 2 (guidance)
+
+
+def test_control_benchmark_scores_the_bundled_adapter(tmp_path):
+    out = _run("control.py", "--model", str(ROOT / "src" / "chexgen" / "assets" / "demo"), "--out", str(tmp_path),
+               "--n", "24", "--heldout", "24", "--test-cases", "4", "--segmenter-steps", "3", "--model-steps", "2",
+               "--drop-location")
+    assert "text + control" in out and "hit rate with control / segmenter ceiling" in out
