@@ -100,4 +100,4 @@ chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$CLASSIFIER" \
   --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
-  --pack-clip-latents 5 --sampler dpmsolver++sde --steps 20
+  --pack-clip-latents 5 --sampler dpmsolver++sde --steps 10

@@ -136,6 +136,14 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
         assert torch.allclose(load_classifier(demo_model / "classifier")(x)["scores"],
                               load_classifier(dest / "classifier")(x)["scores"], atol=1e-2)
     assert (dest / "prevalence.yaml").read_text() == (demo_model / "prevalence.yaml").read_text()
+    # no path of the packing machine is stored; the schedule is a plain diffusers record of the training schedule
+    configs = sorted(dest.rglob("config.json"))
+    assert configs and not any("_name_or_path" in json.loads(c.read_text()) for c in configs)
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_pretrained(str(dest / "pipeline" / "scheduler"))
+    assert sched.config.variance_type == "learned_range" and sched.config.num_train_timesteps == 1000
+    assert np.allclose(sched.betas.numpy(), b.noise_schedule.betas)
 
     # the adapter: fp16, its base named relative to itself, loadable without naming the base
     from chexgen.pipelines.control import ChexGenControlPipeline

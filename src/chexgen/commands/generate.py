@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Base seed; image k of prompt i uses seed + i * num_images_per_prompt + k.")
     s.add_argument("--sampler", default=None,
                    help=f"Sampler of chexgen models: {', '.join(SAMPLERS)} (default: the model's own; the bundled "
-                        "demo model stores dpmsolver++sde, 20 steps). Diffusers pipelines always use their own "
+                        "demo model stores dpmsolver++sde, 10 steps). Diffusers pipelines always use their own "
                         "scheduler.")
     s.add_argument("--steps", type=int, default=None,
                    help="Sampling steps (default: the model's own, else the sampler's: "

@@ -12,7 +12,7 @@ __all__ = ["pack_demo_model", "PACK_SAMPLER", "PACK_STEPS"]
 
 # The sampling default a packed demo model stores: the cheapest setting of benchmarks/sampler_quality.py
 # within the best one's AUROC and FID confidence intervals (40 model calls per image; IDDPM-50 needed 100).
-PACK_SAMPLER, PACK_STEPS = "dpmsolver++sde", 20
+PACK_SAMPLER, PACK_STEPS = "dpmsolver++sde", 10
 
 
 def _half_safetensors(src: Path, dst: Path) -> None:
@@ -39,6 +39,20 @@ def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
                            f"pipeline being packed ({pipe.checkpoint_sha256()[:12]}...); retrain it on this base")
     adapter.to(torch.float16).save_pretrained(str(dst), safe_serialization=True)
     dataclasses.replace(info, base_model="../pipeline", data=Path(info.data).name if info.data else None).write(dst)
+
+
+def _forget_source_paths(folder: Path) -> None:
+    """Drop diffusers' ``_name_or_path`` (the folder the weights were loaded from, a path on the packing
+    machine) from every ``config.json`` under ``folder``: a packed model names no local paths."""
+    import json
+
+    from chexgen.utils import atomic_write_json
+
+    for path in sorted(folder.rglob("config.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "_name_or_path" in data:
+            data.pop("_name_or_path")
+            atomic_write_json(path, data)
 
 
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
@@ -82,6 +96,7 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
         shutil.copy2(prevalence, tmp / "prevalence.yaml")
         if control_dir is not None:
             _pack_control(Path(control_dir), pipe, tmp / "control")
+        _forget_source_paths(tmp)
         keep = [p for p in ("MODEL_CARD.md",) if (dest / p).is_file()]
         for name in keep:  # the hand-written card survives a re-pack
             shutil.copy2(dest / name, tmp / name)

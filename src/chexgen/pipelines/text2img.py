@@ -242,9 +242,15 @@ class ChexGenPipeline(DiffusionPipelineBase):
             vae.save_pretrained(root / "vae")
             vae_spec = dataclasses.replace(vae_spec, name_or_path="vae", subfolder=None,
                                            scaling_factor=self.vae.scaling_factor)
-        # The default sampler's scheduler on this model's schedule: a diffusers-readable record that
-        # from_pretrained reads the noise schedule back from.
-        self.make_scheduler(self.config.default_sampler).save_pretrained(str(root / "scheduler"))
+        # The model's training noise schedule as a plain diffusers DDPMScheduler config (learned-range
+        # variance): what from_pretrained reads the schedule back from, loadable by diffusers itself, and
+        # independent of the sampler (each call builds its own scheduler on this schedule).
+        from diffusers import DDPMScheduler
+
+        s = self.noise_schedule
+        DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
+                      beta_schedule="linear", prediction_type=s.prediction_type, variance_type="learned_range",
+                      clip_sample=False).save_pretrained(str(root / "scheduler"))
         config = dataclasses.replace(self.config, vae=vae_spec, chexgen_version=__version__)
         atomic_write_json(root / CONFIG_NAME, config.to_dict())
         return root
