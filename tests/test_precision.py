@@ -65,6 +65,9 @@ def test_auto_on_this_machine_follows_its_cpu_flags(monkeypatch):
 
 
 def test_flag_forces_cpu_bf16_off_and_on(monkeypatch, caplog):
+    from chexgen.models import precision
+
+    monkeypatch.setattr(precision, "_NOTED", set())  # the note is once per process: other tests may have had it
     monkeypatch.setenv(ENV_CPU_BF16, "0")
     with caplog.at_level(logging.INFO, logger="chexgen.models.precision"):
         assert resolve_precision("auto", "cpu") == torch.float32
