@@ -60,6 +60,18 @@ def save_tiny_vae(path: Path) -> Path:
     return path
 
 
+def prepare_tiny_cache(root: Path, resolution: int) -> tuple[Path, Path, Path]:
+    """(manifest, VAE folder, cache folder): 8 images and the tiny VAE under ``root``, cached by ``chexgen prepare``."""
+    from chexgen.cli import main
+
+    manifest = make_dataset(root / "data", n=8, size=40)
+    vae_dir = save_tiny_vae(root / "vae")
+    cache = root / "cache"
+    assert main(["prepare", str(manifest), "--out", str(cache), "--vae", str(vae_dir), "--resolution",
+                 str(resolution), "--num-workers", "0", "--no-progress"]) == 0
+    return manifest, vae_dir, cache
+
+
 TINY_DIT = "{depth: 2, hidden_size: 64, num_heads: 2}"
 
 

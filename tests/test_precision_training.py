@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
+from _train_data import one_torch_thread, prepare_tiny_cache  # noqa: F401 (autouse fixture)
 from safetensors.torch import load_file
 
-from chexgen.cli import main
 from chexgen.models.precision import ENV_CPU_BF16
 from chexgen.training.config import TrainConfig, resolve_config
 from chexgen.training.diffusion_task import build_text_to_image_task
@@ -20,13 +19,7 @@ RES = 32
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bf16")
-    manifest = make_dataset(root / "data", n=8, size=40)
-    vae_dir = save_tiny_vae(root / "vae")
-    out = root / "cache"
-    assert main(["prepare", str(manifest), "--out", str(out), "--vae", str(vae_dir), "--resolution", str(RES),
-                 "--num-workers", "0", "--no-progress"]) == 0
-    return out
+    return prepare_tiny_cache(tmp_path_factory.mktemp("bf16"), RES)[2]
 
 
 def _cfg(out: Path, data: Path, **kw) -> TrainConfig:

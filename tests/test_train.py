@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_data import make_dataset, one_torch_thread, save_tiny_vae  # noqa: F401 (autouse fixture)
+from _train_data import one_torch_thread, prepare_tiny_cache  # noqa: F401 (autouse fixture)
 from safetensors.torch import load_file
 
 from chexgen.cli import main
@@ -22,13 +22,7 @@ TINY = {"depth": 2, "hidden_size": 64, "num_heads": 2}
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("t2i")
-    manifest = make_dataset(root / "data", n=8, size=40)
-    vae_dir = save_tiny_vae(root / "vae")
-    cache = root / "cache"
-    assert main(["prepare", str(manifest), "--out", str(cache), "--vae", str(vae_dir), "--resolution", str(RES),
-                 "--num-workers", "0", "--no-progress"]) == 0
-    return manifest, vae_dir, cache
+    return prepare_tiny_cache(tmp_path_factory.mktemp("t2i"), RES)
 
 
 def _cfg(out: Path, data: Path, **kw) -> TrainConfig:

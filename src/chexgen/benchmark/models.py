@@ -136,8 +136,7 @@ def open_backend(pm: PreparedModel, cfg: BenchmarkConfig, device: str, real_root
         pipe.text_encoder  # load now: a broken reference fails before the model's first image
         backend = ChexGenBackend(pipe, resolve_sampling(pipe.config, m.sampler, m.steps, m.guidance), model_name=name)
     else:
-        from chexgen.generation.backends.diffusers import DiffusersBackend
-        from chexgen.generation.job import diffusers_dtype
+        from chexgen.generation.backends.diffusers import DiffusersBackend, diffusers_dtype
 
         dtype = diffusers_dtype(m.precision or cfg.precision, m.dtype, device)
         backend = DiffusersBackend.load(pm.source.diffusers, device=device, dtype=dtype, progress=False,

@@ -164,7 +164,7 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
     """A diffusers pipeline: no chexgen-only options, prompts checked, then load and run the engine."""
     from accelerate import PartialState
 
-    from chexgen.generation.backends.diffusers import DiffusersBackend
+    from chexgen.generation.backends.diffusers import DiffusersBackend, diffusers_dtype
 
     chexgen_only = [flag for flag, given in (
         ("--preset", opts.preset is not None), ("--sampler", opts.sampler is not None),
@@ -176,7 +176,8 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
     items = collect_prompts(opts)
     state = PartialState(cpu=_use_cpu(opts.device))
     device = opts.device or str(state.device)
-    backend = DiffusersBackend.load(source.diffusers, device=device, dtype=diffusers_dtype(opts.precision, opts.dtype, device),
+    dtype = diffusers_dtype(opts.precision, opts.dtype, device)
+    backend = DiffusersBackend.load(source.diffusers, device=device, dtype=dtype,
                                     progress=opts.progress, steps=opts.steps, guidance=opts.guidance,
                                     negative_prompt=opts.negative_prompt)
     return generate_to_folder(
@@ -185,16 +186,6 @@ def _run_diffusers(opts: GenerateOptions, source, out: Path) -> GenerationResult
         barrier=state.wait_for_everyone if state.num_processes > 1 else None, progress=opts.progress,
         image_format=opts.image_format, watermark=opts.watermark,
     )
-
-
-def diffusers_dtype(precision: str, dtype: "str | None", device: str) -> str:
-    """The torch dtype name a diffusers pipeline loads in: ``dtype`` if given (the diffusers spelling),
-    else ``precision`` resolved for ``device`` as for chexgen models (``auto``: bf16 where fast)."""
-    from chexgen.models.precision import resolve_precision
-
-    if dtype is not None:
-        return dtype
-    return str(resolve_precision(precision, device)).replace("torch.", "")
 
 
 def run_generation(opts: GenerateOptions) -> GenerationResult:

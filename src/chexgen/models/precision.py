@@ -37,7 +37,8 @@ __all__ = [
     "cpu_bf16_fast",
     "resolve_precision",
     "precision_name",
- "normalise_precision"]
+    "normalise_precision",
+]
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from chexgen.errors import ChexgenError
 from chexgen.generation.backends.base import GeneratedBatch, GeneratorBackend
 
 __all__ = ["DiffusersModelRef", "DiffusersBackend", "resolve_diffusers_model", "is_hub_id", "hf_offline",
-           "rgb_to_gray", "LUMA_BT601", "check_call_settings", "parse_dtype", "weights_sha256"]
+           "rgb_to_gray", "LUMA_BT601", "check_call_settings", "parse_dtype", "diffusers_dtype", "weights_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,16 @@ def parse_dtype(name: str | None):
     if key is None:
         raise ChexgenError(f"dtype must be float32, float16 or bfloat16, got {name!r}")
     return getattr(torch, key)
+
+
+def diffusers_dtype(precision: str, dtype: "str | None", device: str) -> str:
+    """The torch dtype name a diffusers pipeline loads in: ``dtype`` if given (the diffusers spelling),
+    else ``precision`` resolved for ``device`` as for chexgen models (``auto``: bf16 where fast)."""
+    from chexgen.models.precision import resolve_precision
+
+    if dtype is not None:
+        return dtype
+    return str(resolve_precision(precision, device)).replace("torch.", "")
 
 
 class DiffusersBackend(GeneratorBackend):
