@@ -17,6 +17,12 @@
 # the same run) and keeps each session's export as WORK/dit/pipeline-step-<step>, for
 # benchmarks/demo_quality.py --model ... to score; DIT_MINUTES is then the budget of all sessions together.
 #
+# Annealing: DIT_STEPS / CONTROL_STEPS set --max-steps (default 100000: the minute budgets decide) and
+# DIT_DECAY_STEPS / CONTROL_DECAY_STEPS decay the learning rate linearly to 0 over the last N of them
+# (warmup-stable-decay; the run must reach its --max-steps within the minutes for the decay to finish).
+# A constant-LR run is annealed by running the script again with these set: it resumes and decays.
+# KEEP_CHECKPOINTS=0 keeps every DiT checkpoint (for scoring the steps afterwards; default 2).
+#
 # Precision: the DiT and the ControlNet adapter train in bf16 mixed precision (PRECISION, default bf16:
 # fp32 master weights, AdamW state, EMA and loss; bf16 matrix products). On a 2-core AVX512-BF16 CPU a
 # tiny-f4 step at batch 32 takes about a third of the fp32 step (benchmarks/precision.py), so the same
@@ -37,6 +43,16 @@ INIT_FROM="${INIT_FROM:-}"
 CURVE_EVERY="${CURVE_EVERY:-0}"
 DIT_LR="${DIT_LR:-3e-4}"
 REGION_WEIGHT="${REGION_WEIGHT:-5}"   # adapter loss counts the cells a condition marks 6x (small findings)
+DIT_STEPS="${DIT_STEPS:-100000}"
+DIT_DECAY_STEPS="${DIT_DECAY_STEPS:-0}"
+CONTROL_STEPS="${CONTROL_STEPS:-100000}"
+CONTROL_DECAY_STEPS="${CONTROL_DECAY_STEPS:-0}"
+KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
+if (( CURVE_EVERY > 0 && DIT_DECAY_STEPS > 0 )); then
+  echo "CURVE_EVERY sessions end at intermediate --max-steps, which a decay is scheduled against; use" \
+       "KEEP_CHECKPOINTS=0 with DIT_DECAY_STEPS instead" >&2
+  exit 2
+fi
 mkdir -p "$WORK"
 VAE="$WORK/vae/vae"
 CLASSIFIER="$WORK/classifier"
@@ -64,7 +80,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --o
 train_dit() {  # $1 = --max-steps, $2 = --max-minutes
   chexgen train "$WORK/cache" --preset tiny-f4 --vae "$VAE" --output-dir "$WORK/dit" "${DIT_INIT[@]}" \
     --batch-size 32 --learning-rate "$DIT_LR" --lr-warmup-steps 100 --max-steps "$1" --max-minutes "$2" \
-    --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+    --lr-decay-steps "$DIT_DECAY_STEPS" --keep-checkpoints "$KEEP_CHECKPOINTS" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 }
 dit_step() {  # the newest checkpoint's step (0 before the first)
   local last
@@ -81,7 +97,7 @@ if (( CURVE_EVERY > 0 )); then
     (( step >= target )) || break   # stopped by the time budget
   done
 else
-  train_dit 100000 "$DIT_MINUTES"
+  train_dit "$DIT_STEPS" "$DIT_MINUTES"
 fi
 
 # 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
@@ -93,8 +109,8 @@ fi
 chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --out "$WORK/cache-control" \
   --device cpu --conditions --condition-kinds finding --condition-style alternate
 chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" "${CONTROL_INIT[@]}" \
-  --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps 100000 --max-minutes "$CONTROL_MINUTES" \
-  --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+  --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps "$CONTROL_STEPS" --max-minutes "$CONTROL_MINUTES" \
+  --lr-decay-steps "$CONTROL_DECAY_STEPS" --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
 # 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)

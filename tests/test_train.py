@@ -259,3 +259,29 @@ def test_resume_from_a_tampered_run_folder_runs_no_code(prepared, tmp_path, caps
     err = capsys.readouterr().err
     assert "refusing to load" in err and "scheduler.pt" in err and len(err.strip().splitlines()) == 1
     assert not proof.exists()
+
+
+def _logged_lr(run: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return {e.step: e.value for e in EventAccumulator(str(run / "logs")).Reload().Scalars("train/lr")}
+
+
+def test_lr_decay_anneals_a_resumed_constant_run(prepared, tmp_path):
+    from chexgen.training.trainer import lr_factor
+
+    _, _, cache = prepared
+    # a constant-LR run of 3 steps, resumed to 7 steps with the last 4 decaying linearly to 0
+    train(build_text_to_image_task(_cfg(tmp_path / "run", cache, max_steps=3, learning_rate=1e-3)))
+    train(build_text_to_image_task(_cfg(tmp_path / "run", cache, max_steps=7, learning_rate=1e-3,
+                                        lr_decay_steps=4)))
+    lrs = _logged_lr(tmp_path / "run")
+    assert sorted(lrs) == list(range(1, 8))
+    expected = {1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 1e-3, 5: 7.5e-4, 6: 5e-4, 7: 2.5e-4}
+    for step, lr in expected.items():
+        assert lrs[step] == pytest.approx(lr, rel=1e-6), (step, lrs)
+        assert lr_factor(step - 1, 0, 4, 7) * 1e-3 == pytest.approx(lr)
+    # warm-up and decay compose; a decay longer than the run is refused
+    assert lr_factor(0, 4, 2, 10) == 0.25 and lr_factor(9, 4, 2, 10) == 0.5
+    with pytest.raises(ChexgenError, match="lr_decay_steps"):
+        _cfg(tmp_path / "bad", cache, max_steps=3, lr_decay_steps=5)

@@ -62,6 +62,8 @@ class LoopConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     lr_warmup_steps: int = 0
+    # warmup-stable-decay: linear decay to 0 over the last N steps before max_steps (0 = constant LR)
+    lr_decay_steps: int = 0
     # budget: stop at whichever comes first
     max_steps: int = 1000
     max_minutes: float | None = None
@@ -303,9 +305,12 @@ def _validate(config: Any) -> None:
     need(config.num_workers >= 0, "num_workers must be >= 0")
     need(config.num_threads >= 0, "num_threads must be >= 0")
     need(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
-    for name in ("weight_decay", "adam_epsilon", "max_grad_norm", "lr_warmup_steps", "checkpoint_every",
+    for name in ("weight_decay", "adam_epsilon", "max_grad_norm", "lr_warmup_steps", "lr_decay_steps",
+                 "checkpoint_every",
                  "keep_checkpoints", "sample_every"):
         need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    need(config.lr_decay_steps <= config.max_steps,
+         f"lr_decay_steps ({config.lr_decay_steps}) must be <= max_steps ({config.max_steps})")
     need(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}")
     for name in ("adam_beta1", "adam_beta2"):
         need(0.0 <= getattr(config, name) < 1.0, f"{name} must be in [0, 1), got {getattr(config, name)}")
@@ -365,6 +370,9 @@ HELP: dict[str, str] = {
     "adam_epsilon": "AdamW epsilon",
     "max_grad_norm": "clip the gradient norm to this (0 = off)",
     "lr_warmup_steps": "linear LR warm-up steps, then constant",
+    "lr_decay_steps": "decay the LR linearly to 0 over the last N steps before --max-steps (warmup-stable-decay: "
+                      "a constant-LR run can be resumed with a higher --max-steps and this to anneal it; a run "
+                      "stopped earlier by --max-minutes stops mid-decay); 0 = constant after warm-up",
     "max_steps": "stop after this many optimisation steps (in total, over resumes)",
     "max_minutes": "also stop after this much training wall time in this session (then checkpoint and export)",
     "mixed_precision": "auto (bf16 on a GPU that supports it and on a CPU with AMX-BF16 or AVX512-BF16, else fp32; "

@@ -48,7 +48,7 @@ from chexgen.training.config import LoopConfig, save_config
 from chexgen.training.ema import EMA
 
 __all__ = ["TrainingTask", "TrainResult", "EpochBatchSampler", "train", "step_seed", "make_accelerator",
-           "training_precision"]
+           "training_precision", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,19 @@ def _save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
     return grid
 
 
+def lr_factor(step: int, warmup: int, decay: int, max_steps: int) -> float:
+    """Learning-rate multiplier after ``step`` optimisation steps: linear warm-up over ``warmup`` steps,
+    constant, then (warmup-stable-decay) linear decay to 0 over the last ``decay`` steps before ``max_steps``.
+
+    >>> [round(lr_factor(s, 2, 4, 10), 2) for s in (0, 1, 5, 6, 7, 9, 10)]
+    [0.5, 1.0, 1.0, 1.0, 0.75, 0.25, 0.0]
+    """
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if decay > 0 and step > max_steps - decay:
+        factor *= max(0.0, (max_steps - step) / decay)
+    return factor
+
+
 def train(task: TrainingTask, accelerator=None) -> TrainResult:
     """Run (or resume) ``task`` until ``max_steps`` or ``max_minutes``; checkpoint, sample, export."""
     cfg = task.config
@@ -213,9 +226,8 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
         raise ChexgenError(f"{task.name}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-    warmup = max(0, cfg.lr_warmup_steps)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        optimizer, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.lr_decay_steps, cfg.max_steps))
     ema = EMA(model, cfg.ema_decay) if is_main else None
 
     state = TrainerState(world_size=world)
@@ -226,6 +238,11 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
             log.warning("resuming a %d-process run on %d processes: data order continues, RNG differs",
                         state.world_size, world)
             state.world_size = world
+        # the schedule is a function of the step and *this* run's config (a resumed run may add a decay
+        # or raise --max-steps): the stored learning rate is replaced by the one it gives now
+        for group, base in zip(optimizer.param_groups, lr_scheduler.base_lrs):
+            group["lr"] = base * lr_factor(lr_scheduler.last_epoch, cfg.lr_warmup_steps, cfg.lr_decay_steps,
+                                           cfg.max_steps)
         log.info("resumed from %s (step %d)", resume_from, state.step)
 
     for m in task.frozen:
@@ -318,6 +335,7 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
         if cfg.max_grad_norm and cfg.max_grad_norm > 0:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             sums["grad_norm"] = sums.get("grad_norm", 0) + grad_norm.detach().float() * accum
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (logged, not the next one's)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -331,7 +349,7 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
             if world > 1:  # one collective per log interval, not per step
                 means = {k: accelerator.reduce(v.to(device), reduction="mean") for k, v in means.items()}
             last_logs = {k: float(v) for k, v in means.items()}
-            last_logs["lr"] = lr_scheduler.get_last_lr()[0]
+            last_logs["lr"] = step_lr
             if writer is not None:
                 for k, v in last_logs.items():
                     writer.add_scalar(f"train/{k}", v, state.step)
