@@ -36,5 +36,7 @@ def test_sampler_quality_scores_and_chooses_a_default(tmp_path):
 def test_control_benchmark_scores_the_bundled_adapter(tmp_path):
     out = _run("control.py", "--model", str(ROOT / "src" / "chexgen" / "assets" / "demo"), "--out", str(tmp_path),
                "--n", "24", "--heldout", "24", "--test-cases", "4", "--segmenter-steps", "3", "--model-steps", "2",
-               "--drop-location")
-    assert "text + control" in out and "hit rate with control / segmenter ceiling" in out
+               "--drop-location", "--control-scale", "1", "2")
+    # one row per conditioning scale, each compared with the text-only run of the same seeds
+    assert "text + control x1 " in out and "text + control x2 " in out
+    assert "hit rate with control x1 / segmenter ceiling" in out and "hit rate with control x2 / segmenter" in out
