@@ -7,7 +7,8 @@ Each ``--point STEPS:FILE`` is one model scored by ``demo_quality.py --work DIR`
 ``DIR/demo_quality.json``; the first guidance run is used). Prints a table (mean AUROC with its 95 %
 CI, Lung Lesion AUROC, FID with its CI, against the real set's values) and plots mean AUROC and FID
 against steps, with the real held-out images' AUROC and the real half-vs-half FID as reference lines:
-where the curve flattens is what more CPU hours of the same recipe would buy.
+where the curve flattens is what more CPU hours of the same recipe would buy. ``--mark STEPS:LABEL``
+draws a vertical line (e.g. where the learning-rate decay starts).
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ def _point(text: str) -> tuple[int, Path]:
         raise argparse.ArgumentTypeError(f"--point {text!r}: expected STEPS:FILE") from None
 
 
+def _mark(text: str) -> tuple[int, str]:
+    steps, _, label = text.partition(":")
+    try:
+        return int(steps), label
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mark {text!r}: expected STEPS:LABEL") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--point", type=_point, action="append", required=True, metavar="STEPS:FILE",
                     help="DiT training steps of a model and its demo_quality.json (repeat)")
+    ap.add_argument("--mark", type=_mark, action="append", default=[], metavar="STEPS:LABEL",
+                    help="a vertical line at STEPS labelled LABEL on both plots (repeat)")
     ap.add_argument("--out", default=None, help="PNG of the curves (default: no plot)")
     ap.add_argument("--title", default="bundled demo model: quality against DiT steps")
     args = ap.parse_args(argv)
@@ -76,6 +87,11 @@ def main(argv=None) -> int:
         ax2.set_xlabel("DiT training steps")
         ax2.set_ylabel("FID on the classifier's features")
         ax2.legend(fontsize=8)
+        for at, label in args.mark:
+            for ax in (ax1, ax2):
+                ax.axvline(at, color="tab:green", ls="-.", lw=1)
+            ax1.annotate(label, (at, ax1.get_ylim()[0]), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                         color="tab:green")
         fig.suptitle(args.title, fontsize=10)
         fig.tight_layout()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

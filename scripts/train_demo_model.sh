@@ -48,6 +48,9 @@ DIT_DECAY_STEPS="${DIT_DECAY_STEPS:-0}"
 CONTROL_STEPS="${CONTROL_STEPS:-100000}"
 CONTROL_DECAY_STEPS="${CONTROL_DECAY_STEPS:-0}"
 KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
+# adapter captions replaced by the null caption this often (the ControlNet recipe drops half of them, so
+# that the layout has to come from the condition; the DiT keeps 0.1 for guidance)
+CONTROL_CAPTION_DROPOUT="${CONTROL_CAPTION_DROPOUT:-0.1}"
 if (( CURVE_EVERY > 0 && DIT_DECAY_STEPS > 0 )); then
   echo "CURVE_EVERY sessions end at intermediate --max-steps, which a decay is scheduled against; use" \
        "KEEP_CHECKPOINTS=0 with DIT_DECAY_STEPS instead" >&2
@@ -110,7 +113,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --o
   --device cpu --conditions --condition-kinds finding --condition-style alternate
 chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" "${CONTROL_INIT[@]}" \
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps "$CONTROL_STEPS" --max-minutes "$CONTROL_MINUTES" \
-  --lr-decay-steps "$CONTROL_DECAY_STEPS" --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+  --lr-decay-steps "$CONTROL_DECAY_STEPS" --caption-dropout "$CONTROL_CAPTION_DROPOUT" --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
 # 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)

@@ -40,3 +40,24 @@ def test_control_benchmark_scores_the_bundled_adapter(tmp_path):
     # one row per conditioning scale, each compared with the text-only run of the same seeds
     assert "text + control x1 " in out and "text + control x2 " in out
     assert "hit rate with control x1 / segmenter ceiling" in out and "hit rate with control x2 / segmenter" in out
+
+
+def test_demo_curve_tabulates_and_plots_scored_models(tmp_path):
+    def scored(name: str, mean: float, fid: float) -> str:
+        d = {"auroc_generated_mean": mean, "auroc_generated_mean_ci": [mean - 0.02, mean + 0.02],
+             "auroc_generated_per_class": {"Lung Lesion": 0.5}, "auroc_real_per_class": {"Lung Lesion": 0.6},
+             "fid_real_vs_generated": fid, "auroc_real_mean": 0.9, "fid_real_half_vs_half": 37.0}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"runs": [{"guidance": 4.0, "demo": d, "fid_ci": [fid - 10, fid + 10]}]}))
+        return str(path)
+
+    png = tmp_path / "curve.png"
+    out = _run("demo_curve.py", "--point", f"2000:{scored('b', 0.85, 200.0)}", "--point",
+               f"1000:{scored('a', 0.80, 300.0)}", "--mark", "1500:LR decay", "--out", str(png))
+    lines = [ln for ln in out.splitlines() if ln.startswith("| 1,000") or ln.startswith("| 2,000")]
+    assert lines == ["| 1,000 | 0.800 [0.780, 0.820] | 0.500 | 300 [290, 310] |",
+                     "| 2,000 | 0.850 [0.830, 0.870] | 0.500 | 200 [190, 210] |"]  # sorted by steps
+    assert png.is_file() and png.stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_curve.py"), "--point", "x:y"], env=ENV,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected STEPS:FILE" in bad.stderr
