@@ -33,6 +33,13 @@ def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
     return resolve_config(TrainConfig, overrides=base)
 
 
+def _logged(run: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard scalar the run logged (in step order)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return {e.step: e.value for e in EventAccumulator(str(run / "logs")).Reload().Scalars(tag)}
+
+
 # ----------------------------------------------------------------------------- config
 def test_config_layers_defaults_preset_file_cli(tmp_path):
     f = tmp_path / "run.yaml"
@@ -107,10 +114,7 @@ def test_loss_falls_when_overfitting_8_images(prepared, tmp_path):
     assert before > 0.8  # a fresh DiT predicts zero noise: MSE ~ 1
     assert after < 0.5 * before, (before, after)
     # TensorBoard got the loss curve
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tmp_path / "run" / "logs")).Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [10, 20, 30]
+    assert list(_logged(tmp_path / "run", "train/loss")) == [10, 20, 30]
 
 
 def test_interrupted_run_resumes_to_identical_weights_and_exports(prepared, tmp_path):
@@ -261,12 +265,6 @@ def test_resume_from_a_tampered_run_folder_runs_no_code(prepared, tmp_path, caps
     assert not proof.exists()
 
 
-def _logged_lr(run: Path) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    return {e.step: e.value for e in EventAccumulator(str(run / "logs")).Reload().Scalars("train/lr")}
-
-
 def test_lr_decay_anneals_a_resumed_constant_run(prepared, tmp_path):
     from chexgen.training.trainer import lr_factor
 
@@ -275,7 +273,7 @@ def test_lr_decay_anneals_a_resumed_constant_run(prepared, tmp_path):
     train(build_text_to_image_task(_cfg(tmp_path / "run", cache, max_steps=3, learning_rate=1e-3)))
     train(build_text_to_image_task(_cfg(tmp_path / "run", cache, max_steps=7, learning_rate=1e-3,
                                         lr_decay_steps=4)))
-    lrs = _logged_lr(tmp_path / "run")
+    lrs = _logged(tmp_path / "run", "train/lr")
     assert sorted(lrs) == list(range(1, 8))
     expected = {1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 1e-3, 5: 7.5e-4, 6: 5e-4, 7: 2.5e-4}
     for step, lr in expected.items():

@@ -306,8 +306,7 @@ def _validate(config: Any) -> None:
     need(config.num_threads >= 0, "num_threads must be >= 0")
     need(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
     for name in ("weight_decay", "adam_epsilon", "max_grad_norm", "lr_warmup_steps", "lr_decay_steps",
-                 "checkpoint_every",
-                 "keep_checkpoints", "sample_every"):
+                 "checkpoint_every", "keep_checkpoints", "sample_every"):
         need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
     need(config.lr_decay_steps <= config.max_steps,
          f"lr_decay_steps ({config.lr_decay_steps}) must be <= max_steps ({config.max_steps})")

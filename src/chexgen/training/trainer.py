@@ -226,8 +226,10 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
         raise ChexgenError(f"{task.name}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.lr_warmup_steps, cfg.lr_decay_steps, cfg.max_steps))
+    def schedule(step: int) -> float:
+        return lr_factor(step, cfg.lr_warmup_steps, cfg.lr_decay_steps, cfg.max_steps)
+
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = EMA(model, cfg.ema_decay) if is_main else None
 
     state = TrainerState(world_size=world)
@@ -241,8 +243,7 @@ def train(task: TrainingTask, accelerator=None) -> TrainResult:
         # the schedule is a function of the step and *this* run's config (a resumed run may add a decay
         # or raise --max-steps): the stored learning rate is replaced by the one it gives now
         for group, base in zip(optimizer.param_groups, lr_scheduler.base_lrs):
-            group["lr"] = base * lr_factor(lr_scheduler.last_epoch, cfg.lr_warmup_steps, cfg.lr_decay_steps,
-                                           cfg.max_steps)
+            group["lr"] = base * schedule(lr_scheduler.last_epoch)
         log.info("resumed from %s (step %d)", resume_from, state.step)
 
     for m in task.frozen:
