@@ -61,7 +61,7 @@ from chexgen.models.dit import ChexGenDiT
 from chexgen.models.presets import TextEncoderSpec
 from chexgen.models.text_encoder import load_text_encoder
 from chexgen.phantom.cohort import CohortConfig, write_cohort
-from chexgen.pipelines.control import control_model_fn
+from chexgen.pipelines.control import CONTROL_GUIDANCE, control_model_fn
 from chexgen.training.diffusion_task import DiffusionObjective
 
 FACTOR = 2  # space-to-depth factor standing in for the VAE (32 px image -> 4 x 16 x 16 latent)
@@ -258,7 +258,7 @@ def main_model(a) -> int:
         ("text + control" if list(a.control_scale) == [1.0] else f"text + control x{c:g}", c) for c in a.control_scale]
     for name, scale in runs:
         imgs = pipe(prompts, conds, seeds=seeds, conditioning_scale=scale, num_inference_steps=a.model_steps,
-                    batch_size=16, progress=False).images[:, 0].numpy()
+                    batch_size=16, progress=False, control_guidance=a.control_guidance).images[:, 0].numpy()
         results[name] = np.stack([fit_square(im, e) for im in imgs])
     t_gen = time.perf_counter() - t1
     real = np.stack([fit_square(load_gray(r.resolve(r.image, held_root)), e) for r, _, _ in cases])
@@ -268,7 +268,8 @@ def main_model(a) -> int:
     settings = pipe.base.sampling_settings(None, a.model_steps, None)
     print(f"\nControl benchmark ({model}): {a.condition} condition, {size} px (scored at {e} px), {len(cases)} "
           f"held-out cases, {settings.sampler} {settings.steps} steps, guidance "
-          f"{settings.guidance:g}, {pipe.base.precision}{', side / zone words dropped' if a.drop_location else ''}; "
+          f"{settings.guidance:g} ({pipe._guidance(a.control_guidance)} control guidance), {pipe.base.precision}"
+          f"{', side / zone words dropped' if a.drop_location else ''}; "
           f"{2 * len(cases)} images in {t_gen:.0f} s; "
           f"{time.perf_counter() - t0:.0f} s total")
     return _report(scored, regions)
@@ -332,6 +333,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", help="--model: auto | fp32 | bf16 | fp16")
     p.add_argument("--control-scale", type=float, nargs="+", default=[1.0],
                    help="--model: the adapter's conditioning scale(s); several give one row each (same seeds)")
+    p.add_argument("--control-guidance", choices=CONTROL_GUIDANCE, default=None,
+                   help="joint: the condition goes into guidance's conditional branch only; shared: into both "
+                        "(default: the adapter's stored setting with --model, joint otherwise)")
     p.add_argument("--drop-location", action="store_true",
                    help="--model: remove side and zone words from the prompts, so that only the condition says "
                         "where the finding is (text alone then localises by chance or by anatomy)")
@@ -391,7 +395,8 @@ def main(argv=None) -> int:
     results = {}
     with torch.no_grad():
         for name, adp in (("text only (base)", None), ("text + control", adapter)):
-            lat = denoise(control_model_fn(base, adp, control), (t_enc.embeddings, t_enc.mask), null,
+            lat = denoise(control_model_fn(base, adp, control, control_guidance=a.control_guidance or "joint"),
+                          (t_enc.embeddings, t_enc.mask), null,
                           make_generators(range(1000, 1000 + len(keep))), shape, sampler="ddim",
                           num_inference_steps=a.steps, guidance_scale=a.guidance)
             results[name] = decode(lat)[:, 0].numpy()
@@ -401,7 +406,8 @@ def main(argv=None) -> int:
         scored[name] = score(detect(segmenter, imgs), regions)
     print(f"\nControl benchmark: {a.condition} condition, phantom {a.size} px, {len(keep)} test cases, "
           f"base {base_steps} steps / adapter {control_steps} steps (batch {a.batch_size}), "
-          f"DDIM {a.steps}, guidance {a.guidance}, {time.perf_counter() - t0:.0f} s total")
+          f"DDIM {a.steps}, guidance {a.guidance} ({a.control_guidance or 'joint'} control guidance), "
+          f"{time.perf_counter() - t0:.0f} s total")
     return _report(scored, regions)
 
 

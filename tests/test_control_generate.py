@@ -66,6 +66,7 @@ def test_masks_and_boxes_are_written_with_each_image(models, tmp_path):
     r = records[0]
     assert r.synthetic and r.provenance["seed"] == 4 and r.provenance["condition_id"] == "case1"
     assert r.provenance["conditioning_scale"] == 1.0 and r.provenance["control_sha256"]
+    assert r.provenance["control_guidance"] == "shared"  # an adapter without a stored setting
     assert json.loads(read_png_text(out / r.image)["chexgen:provenance"])["prompt"] == r.impression
     # Mask in output pixels: 64 -> 32 px halves the coordinates.
     (mask,) = r.masks
@@ -106,8 +107,9 @@ def test_generate_command_with_boxes(models, tmp_path):
     out = tmp_path / "cli"
     code = main(["generate", "Right upper lobe nodule.", "--model", str(root / "base"), "--control-model",
                  str(root / "ctrl"), "--boxes", str(tmp_path / "b.csv"), "--out", str(out), "--steps", "2",
-                 "--no-progress", "--seed", "9"])
+                 "--no-progress", "--seed", "9", "--control-guidance", "joint"])
     assert code == 0
     (rec,) = read_manifest(out / "manifest.jsonl")
+    assert rec.provenance["control_guidance"] == "joint"
     assert rec.id == "syn-000000-000" and rec.extra["condition_id"] == "q" and rec.impression == "Right upper lobe nodule." and len(rec.boxes) == 1
     assert (out / rec.image).is_file() and (out / "boxes.coco.json").is_file()

@@ -1,4 +1,4 @@
-"""Control-aware sampling: guidance with the control branch in both halves, pipeline end to end."""
+"""Control-aware sampling: guidance with the condition in one or both halves, pipeline end to end."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _conditions():
     ]
 
 
-def test_guidance_puts_control_in_both_branches(pipes):
+def test_control_guidance_joint_and_shared(pipes):
     base, _, adapter = pipes
     dit = base.transformer
     g = torch.Generator().manual_seed(0)
@@ -59,19 +59,26 @@ def test_guidance_puts_control_in_both_branches(pipes):
     null_emb, null_mask = dit.null_text(2, mask_like=mask)
     control = torch.randn(2, 4, 4, 4, generator=g)
     scale = 4.0
+
+    def guided(mode):
+        return guided_prediction(control_model_fn(dit, adapter, control, control_guidance=mode), x, t, (emb, mask),
+                                 (null_emb, null_mask), scale)
+
     with torch.no_grad():
-        guided = guided_prediction(control_model_fn(dit, adapter, control), x, t, (emb, mask), (null_emb, null_mask),
-                                   scale)
+        shared, joint = guided("shared"), guided("joint")
         eps_c = controlled_forward(dit, adapter, x, t.expand(2), emb, mask, control)
-        eps_u = controlled_forward(dit, adapter, x, t.expand(2), null_emb, null_mask, control)
-        bug_u = dit(x, t.expand(2), null_emb, null_mask)  # official sampler: no control in the uncond branch
-    want = torch.cat([eps_u[:, :4] + scale * (eps_c[:, :4] - eps_u[:, :4]), eps_c[:, 4:]], dim=1)
-    assert torch.allclose(guided, want, atol=1e-5)
-    bug = eps_c.clone()
-    bug[:, :4] = bug_u[:, :4] + scale * (eps_c[:, :4] - bug_u[:, :4])
-    assert not torch.allclose(guided, bug, atol=1e-3)
+        eps_u_ctrl = controlled_forward(dit, adapter, x, t.expand(2), null_emb, null_mask, control)
+        eps_u_base = dit(x, t.expand(2), null_emb, null_mask)  # the base alone, null caption, no condition
+        unguided = control_model_fn(dit, adapter, control, control_guidance="joint")(x, t.expand(2), emb, mask)
+    for got, eps_u in ((shared, eps_u_ctrl), (joint, eps_u_base)):
+        want = torch.cat([eps_u[:, :4] + scale * (eps_c[:, :4] - eps_u[:, :4]), eps_c[:, 4:]], dim=1)
+        assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(shared, joint, atol=1e-3)
+    assert torch.allclose(unguided, eps_c, atol=1e-6)  # one branch (no guidance): it always sees the condition
     with pytest.raises(ChexgenError, match="does not tile"):
         control_model_fn(dit, adapter, control)(x[:1].repeat(3, 1, 1, 1), t, emb[:1].repeat(3, 1, 1), None)
+    with pytest.raises(ChexgenError, match="control guidance must be one of joint, shared"):
+        control_model_fn(dit, adapter, control, control_guidance="both")
 
 
 def test_fresh_adapter_reproduces_base_pipeline_images(pipes):
@@ -123,6 +130,30 @@ def test_save_and_load_control_pipeline(pipes, tmp_path):
     assert torch.allclose(nested("Pneumothorax.", conds, **kw).images, a, atol=1e-6)
     with pytest.raises(ChexgenError, match="no control_info.json"):
         ChexGenControlPipeline.from_pretrained(tmp_path / "ctrl2")
+
+
+def test_stored_control_guidance_is_the_default_and_can_be_overridden(pipes, tmp_path):
+    base, _, trained = pipes
+    base.save_pretrained(tmp_path / "base")
+    trained.save_pretrained(tmp_path / "ctrl")
+    (tmp_path / "ctrl" / "control_info.json").write_text(
+        '{"base_model": "%s", "control_guidance": "joint"}' % (tmp_path / "base"))
+    joint = ChexGenControlPipeline.from_pretrained(tmp_path / "ctrl", base=base)
+    assert joint.control_guidance == "joint"
+    legacy = ChexGenControlPipeline(base, trained)  # no stored setting: the behaviour adapters always had
+    assert legacy.control_guidance == "shared"
+    conds = _conditions()[:2]
+    kw = dict(seeds=[3, 4], num_inference_steps=3, guidance_scale=3.0, progress=False)
+    a = joint("Pneumothorax.", conds, **kw).images
+    assert torch.allclose(a, legacy("Pneumothorax.", conds, control_guidance="joint", **kw).images, atol=1e-6)
+    assert not torch.allclose(a, legacy("Pneumothorax.", conds, **kw).images, atol=1e-4)
+    assert torch.allclose(joint("Pneumothorax.", conds, control_guidance="shared", **kw).images,
+                          legacy("Pneumothorax.", conds, **kw).images, atol=1e-6)
+    # conditioning scale 0 is the text pipeline exactly, in either mode
+    plain = base(["Pneumothorax."] * 2, **kw).images
+    assert torch.allclose(joint("Pneumothorax.", conds, conditioning_scale=0.0, **kw).images, plain, atol=1e-6)
+    with pytest.raises(ChexgenError, match="control guidance must be one of"):
+        joint("Pneumothorax.", conds, control_guidance="cond", **kw)
 
 
 def test_official_binary_palette_adapter_sees_white_masks(pipes, tmp_path):

@@ -68,6 +68,7 @@ def test_train_control_trains_only_the_adapter_and_exports_a_loadable_folder(pre
     from chexgen.pipelines.control import ControlInfo
 
     assert set(info) == set(ControlInfo.__dataclass_fields__)  # the one schema (packing writes it too)
+    assert info["control_guidance"] == "joint"  # train-control's default, stored for generate and demo
     weights = load_file(str(export / "diffusion_pytorch_model.safetensors"))
     assert set(weights) >= {"controlnet.0.before_proj.weight", "controlnet.1.after_proj.weight"}
     assert not any(k.startswith(("transformer.", "backbone.")) for k in weights)  # the base is not copied
@@ -93,6 +94,9 @@ def test_train_control_errors_are_clear(prepared, capsys):
     code = main(["train-control", str(root / "cache"), "--base-model", str(root / "base"), "--output-dir",
                  str(root / "bad"), "--missing-condition", "drop"])
     assert code == 2 and "missing_condition must be" in capsys.readouterr().err
+    code = main(["train-control", str(root / "cache"), "--base-model", str(root / "base"), "--output-dir",
+                 str(root / "bad"), "--control-guidance", "both"])
+    assert code == 2 and "control guidance must be one of joint, shared" in capsys.readouterr().err
 
 
 def test_region_weight_marks_the_cells_a_condition_changes():

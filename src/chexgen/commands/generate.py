@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chexgen.diffusion.samplers import DEFAULT_STEPS, SAMPLERS
 from chexgen.models.precision import PRECISION_HELP, PRECISIONS
+from chexgen.pipelines.control import CONTROL_GUIDANCE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "VinDr-CXR layouts too) or a chexgen manifest (.jsonl/.parquet, with its masks and text)")
     g.add_argument("--conditioning-scale", type=float, default=1.0,
                    help="strength of the control residuals (0 = ignore the condition)")
+    g.add_argument("--control-guidance", choices=CONTROL_GUIDANCE, default=None,
+                   help="classifier-free guidance with a condition: joint = the condition goes into the conditional "
+                        "branch only, so guidance amplifies it with the text; shared = both branches see it "
+                        "(default: what the adapter's control_info.json says, else shared)")
     g.add_argument("--max-conditions", type=int, default=None, metavar="N",
                    help="use only the first N conditions")
 
@@ -154,6 +159,7 @@ def _options(args: argparse.Namespace):
         batch_size=args.batch_size, seed=args.seed, bits=args.bits, image_format=args.image_format,
         watermark=not args.no_watermark, progress=not args.no_progress,
         control_model=args.control_model, conditions=conditions, conditioning_scale=args.conditioning_scale,
+        control_guidance=args.control_guidance,
     )
 
 

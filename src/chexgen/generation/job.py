@@ -34,7 +34,8 @@ class GenerateOptions:
     model (a folder or a hub id) / backend (None = read off the model) / preset / text_encoder / device /
     precision (auto | fp32 | bf16 | fp16, for chexgen and diffusers models alike, see
     :mod:`chexgen.models.precision`; dtype, a torch dtype name, overrides it for diffusers models): the generator. prompt_template: how prompts are built from the records (see
-    :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale: spatial control.
+    :mod:`chexgen.generation.templates`). control_model / conditions / conditioning_scale / control_guidance
+    (``joint`` | ``shared``; ``None``: the adapter's default): spatial control.
     sampler / steps / guidance / negative_prompt (None = the model's defaults), num_images_per_prompt,
     batch_size, seed: sampling. out / bits / image_format (png, dicom, both) / watermark / progress: output.
     """
@@ -64,6 +65,7 @@ class GenerateOptions:
     control_model: Path | None = None
     conditions: ConditionOptions = field(default_factory=ConditionOptions)
     conditioning_scale: float = 1.0
+    control_guidance: str | None = None
     prompt_template: str | None = None
     negative_prompt: str | None = None
     dtype: str | None = None
@@ -234,7 +236,8 @@ def run_generation(opts: GenerateOptions) -> GenerationResult:
     if control_dir is not None:
         control = ChexGenControlPipeline.from_pretrained(control_dir, base=pipe)
     backend = _templated(ChexGenBackend(pipe, sampling, model_name=model_name, control=control,
-                                        conditioning_scale=opts.conditioning_scale), opts)
+                                        conditioning_scale=opts.conditioning_scale,
+                                        control_guidance=opts.control_guidance), opts)
     return generate_to_folder(
         backend, items, out, num_images_per_prompt=opts.num_images_per_prompt, seed=opts.seed, bits=opts.bits,
         batch_size=opts.batch_size, conditions=conditions, rank=state.process_index, world=state.num_processes,

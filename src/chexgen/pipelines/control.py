@@ -5,12 +5,23 @@ boxes of one image) are rendered with the fixed palette at the model
 resolution, encoded by the pipeline's own VAE (posterior mean), and fed to the
 adapter at every denoising step.
 
-**Guidance with control.** Classifier-free guidance batches the conditional
-and unconditional (null caption) branches in one forward. The condition latent
-goes into *both* halves, so the guided epsilon
-``eps(x, null, c) + s * (eps(x, text, c) - eps(x, null, c))`` contrasts the
-text only and the spatial control acts at full strength in both branches. (The
-official control sampler ran the conditional branch alone, i.e. no guidance.)
+**Guidance with control** (``control_guidance``). Classifier-free guidance batches the
+conditional and unconditional (null caption) branches. Two ways to combine them with a condition:
+
+- ``"joint"``: the condition goes into the conditional branch only; the unconditional branch is
+  the base model with the null caption and no control. The guided epsilon
+  ``eps(x, null) + s * (eps(x, text, c) - eps(x, null))`` then contrasts text *and* condition,
+  so the guidance scale amplifies the control as it amplifies the text.
+- ``"shared"``: the condition latent goes into *both* halves, so the guided epsilon
+  ``eps(x, null, c) + s * (eps(x, text, c) - eps(x, null, c))`` contrasts the text only and the
+  spatial control acts unguided, at its trained strength, in both branches. (The official
+  control sampler ran the conditional branch alone, i.e. no guidance.)
+
+An adapter's default is stored in its ``control_info.json`` (``chexgen train-control`` writes
+``joint``); adapters without one (converted official weights, packs of chexgen <= 0.4) use
+``shared``, the behaviour they had. On the bundled demo model, ``joint`` raised the hit rate of
+``benchmarks/control.py --model`` from 0.57 to 0.64 (masks, segmenter ceiling 0.73; see the
+Benchmarks page).
 
 The adapter folder (``ChexGenControlNet.save_pretrained``) is separate from the
 base pipeline folder; ``control_info.json`` in it records which base it was
@@ -48,11 +59,22 @@ from chexgen.pipelines.base import SamplingSettings, check_prompts, image_genera
 from chexgen.pipelines.text2img import ChexGenPipeline
 
 __all__ = ["ChexGenControlPipeline", "ControlPipelineOutput", "control_model_fn", "pair_prompts", "CONTROL_INFO",
+           "CONTROL_GUIDANCE", "check_control_guidance",
            "ControlInfo"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_INFO = "control_info.json"
+# How classifier-free guidance treats the condition (module docstring); the first is train-control's default.
+CONTROL_GUIDANCE = ("joint", "shared")
+LEGACY_CONTROL_GUIDANCE = "shared"  # adapters whose control_info.json does not say
+
+
+def check_control_guidance(value: str) -> str:
+    """``value`` if it is one of :data:`CONTROL_GUIDANCE`, else a clear error."""
+    if value not in CONTROL_GUIDANCE:
+        raise ChexgenError(f"control guidance must be one of {', '.join(CONTROL_GUIDANCE)}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -62,7 +84,8 @@ class ControlInfo:
     base_model: the base pipeline (absolute, or relative to the adapter folder as in a packed model);
     base_checkpoint_sha256: SHA-256 of the base transformer weights it was trained on; condition_name /
     missing_condition: the cached condition it learned from and how missing ones were filled; data: the
-    training cache; resolution: image size in pixels.
+    training cache; resolution: image size in pixels; control_guidance: how sampling guides the
+    condition by default (:data:`CONTROL_GUIDANCE`; ``None``: the legacy ``shared``).
     """
 
     base_model: str
@@ -71,6 +94,7 @@ class ControlInfo:
     data: str | None = None
     missing_condition: str | None = None
     resolution: int | None = None
+    control_guidance: str | None = None
 
     def write(self, directory: "str | os.PathLike") -> Path:
         from dataclasses import asdict
@@ -103,19 +127,34 @@ def control_model_fn(
     adapter: ChexGenControlNet | None,
     control_latents: torch.Tensor,
     conditioning_scale: float = 1.0,
+    control_guidance: str = LEGACY_CONTROL_GUIDANCE,
 ) -> Callable[..., torch.Tensor]:
     """A ``model(latents, t, emb, mask)`` for :func:`chexgen.diffusion.samplers.denoise` with control bound.
 
     The sampler stacks ``[conditional; unconditional]`` (each in image order) when
-    guiding; the control latents are tiled the same way, so both halves see the
-    condition of their image.
+    guiding. With ``control_guidance="shared"`` the control latents are tiled the same
+    way, so both halves see the condition of their image; with ``"joint"`` the
+    conditional half sees it and the unconditional half runs the base model alone
+    (module docstring). An unguided batch (one half) always sees the condition.
     """
+    check_control_guidance(control_guidance)
     n = control_latents.shape[0]
 
     def model(latents: torch.Tensor, timesteps, text_embeddings, text_mask=None) -> torch.Tensor:
         reps, rest = divmod(latents.shape[0], n)
         if rest or reps < 1:
             raise ChexgenError(f"batch of {latents.shape[0]} latents does not tile {n} condition latents")
+        if reps == 2 and control_guidance == "joint" and adapter is not None and conditioning_scale != 0:
+            def half(x, part: slice):
+                return x[part] if torch.is_tensor(x) and x.ndim > 0 else x
+
+            cond, uncond = slice(0, n), slice(n, 2 * n)
+            out_c = controlled_forward(transformer, adapter, latents[cond], half(timesteps, cond),
+                                       text_embeddings[cond], half(text_mask, cond), control_latents,
+                                       conditioning_scale)
+            out_u = controlled_forward(transformer, None, latents[uncond], half(timesteps, uncond),
+                                       text_embeddings[uncond], half(text_mask, uncond), None)
+            return torch.cat([out_c, out_u])
         control = control_latents if reps == 1 else control_latents.repeat(reps, 1, 1, 1)
         return controlled_forward(transformer, adapter, latents, timesteps, text_embeddings, text_mask,
                                   control, conditioning_scale)
@@ -138,11 +177,13 @@ class ControlPipelineOutput:
 class ChexGenControlPipeline:
     """Text + spatial condition -> radiograph. ``base`` is a :class:`ChexGenPipeline`."""
 
-    def __init__(self, base: ChexGenPipeline, controlnet: ChexGenControlNet, conditioning_scale: float = 1.0) -> None:
+    def __init__(self, base: ChexGenPipeline, controlnet: ChexGenControlNet, conditioning_scale: float = 1.0,
+                 control_guidance: str = LEGACY_CONTROL_GUIDANCE) -> None:
         controlnet.check_compatible(base.transformer)
         self.base = base
         self.controlnet = controlnet.eval()
         self.conditioning_scale = float(conditioning_scale)
+        self.control_guidance = check_control_guidance(control_guidance)
         self.control_path: Path | None = None
 
     @classmethod
@@ -156,8 +197,8 @@ class ChexGenControlPipeline:
         contains the adapter (``chexgen convert-official --control`` layout).
         """
         control_path = Path(control_path)
+        info = ControlInfo.read(control_path)
         if base is None:
-            info = ControlInfo.read(control_path)
             if info is not None:
                 base = info.base_model
                 if not Path(base).is_absolute():  # a packed model names its base relative to the adapter
@@ -170,7 +211,8 @@ class ChexGenControlPipeline:
             base = ChexGenPipeline.from_pretrained(base, **base_kwargs)
         adapter = load_controlnet(str(control_path), transformer=base.transformer)
         torch.nn.Module.to(adapter, device=base.device, dtype=base.dtype)  # plain move, no diffusers dtype warning
-        pipe = cls(base, adapter)
+        guidance = info.control_guidance if info is not None and info.control_guidance else LEGACY_CONTROL_GUIDANCE
+        pipe = cls(base, adapter, control_guidance=guidance)
         pipe.control_path = control_path
         if device is not None:
             pipe.to(device)
@@ -222,6 +264,9 @@ class ChexGenControlPipeline:
             raise ChexgenError(f"conditioning_scale must be a finite number >= 0, got {conditioning_scale!r}")
         return scale
 
+    def _guidance(self, control_guidance: str | None) -> str:
+        return self.control_guidance if control_guidance is None else check_control_guidance(control_guidance)
+
     @torch.no_grad()
     def sample_latents(
         self,
@@ -233,14 +278,17 @@ class ChexGenControlPipeline:
         guidance_scale: float | None = None,
         conditioning_scale: float | None = None,
         eta: float = 0.0,
+        control_guidance: str | None = None,
     ) -> torch.Tensor:
-        """Clean latents for encoded prompts and condition latents (one row each, one generator each)."""
+        """Clean latents for encoded prompts and condition latents (one row each, one generator each).
+
+        ``control_guidance``: ``joint`` / ``shared`` (module docstring); default the adapter's."""
         if control_latents.shape[0] != len(cond):
             raise ChexgenError(f"{control_latents.shape[0]} condition latents for {len(cond)} prompts")
         base = self.base
         settings = base.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
         model = control_model_fn(base.transformer, self.controlnet, control_latents.to(base.device, base.dtype),
-                                 self._scale(conditioning_scale))
+                                 self._scale(conditioning_scale), self._guidance(control_guidance))
         return base.denoise_latents(model, cond, generators, settings)
 
     @torch.no_grad()
@@ -253,17 +301,19 @@ class ChexGenControlPipeline:
         conditioning_scale: float | None = None,
         batch_size: int = 8,
         progress: bool = True,
+        control_guidance: str | None = None,
     ) -> torch.Tensor:
         """Images for one prompt, one rendered condition ``[1, H, W]`` and one generator per image."""
         if len(prompts) != rendered.shape[0] or len(generators) != len(prompts):
             raise ChexgenError(f"{len(prompts)} prompts, {rendered.shape[0]} conditions and {len(generators)} "
                                "generators: give one of each per image")
         scale = self._scale(conditioning_scale)
+        guidance = self._guidance(control_guidance)
         base = self.base
 
         def model_for(sl: slice):
             control = self.encode_conditions(rendered[sl])
-            return control_model_fn(base.transformer, self.controlnet, control, scale)
+            return control_model_fn(base.transformer, self.controlnet, control, scale, guidance)
 
         return base.generate_batches(list(prompts), generators, settings, batch_size=batch_size, progress=progress,
                                      desc="generating with control", model_for=model_for)
@@ -283,12 +333,14 @@ class ChexGenControlPipeline:
         batch_size: int = 8,
         progress: bool = True,
         eta: float = 0.0,
+        control_guidance: str | None = None,
     ) -> ControlPipelineOutput:
         """Generate ``len(conditions) * num_images_per_condition`` images (condition-major order).
 
         ``prompts``: one prompt for all conditions, or one per condition; a condition
         that carries its own prompt (from a manifest) uses it when ``prompts`` is empty.
         Image k of condition i gets seed ``seed + i * num_images_per_condition + k``.
+        ``control_guidance`` (``joint`` / ``shared``, module docstring) defaults to the adapter's.
         For folders of many conditions use :func:`chexgen.generation.generate_to_folder`,
         which streams them to disk instead of returning them all.
         """
@@ -304,7 +356,7 @@ class ChexGenControlPipeline:
         images = self.generate_rendered([per_condition[i] for i in order], rendered[order],
                                         image_generators(all_seeds), settings,
                                         conditioning_scale=conditioning_scale, batch_size=batch_size,
-                                        progress=progress)
+                                        progress=progress, control_guidance=control_guidance)
         return ControlPipelineOutput(
             images=images, conditions=rendered[order], prompts=[per_condition[i] for i in order],
             seeds=all_seeds, condition_ids=[conditions[i].id for i in order],

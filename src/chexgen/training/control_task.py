@@ -54,6 +54,7 @@ class ControlTrainConfig(TrainConfig):
     condition_name: str = "control"  # which cached condition (`chexgen prepare --conditions` writes 'control')
     missing_condition: str = "empty"  # records without masks/boxes: empty (blank condition) | skip
     conditioning_scale: float = 1.0  # for sample grids
+    control_guidance: str = "joint"  # stored with the adapter: how sampling guides the condition (joint | shared)
     region_loss_weight: float = 0.0  # extra epsilon-MSE weight on latent cells the condition marks (0 = off)
     region_threshold: float = 0.6  # a cell is marked where its condition latent differs from the blank's by more
     learning_rate: float = 1e-4
@@ -66,6 +67,9 @@ for _key, _text in {
     "condition_name": "name of the cached condition latents to train on",
     "missing_condition": "records without masks/boxes: empty (train on a blank condition) | skip (leave out)",
     "conditioning_scale": "strength of the control residuals in sample grids",
+    "control_guidance": "how sampling with this adapter guides the condition, stored with it (generate and demo use "
+                        "it): joint = the condition goes into the conditional branch only, so classifier-free "
+                        "guidance amplifies it with the text; shared = both branches see it",
     "region_loss_weight": "count the epsilon MSE of the latent cells a condition marks (1 + this) times as much as "
                           "the rest, so that findings covering 1-3 %% of the image are not drowned by the "
                           "background; 0 = the plain loss",
@@ -164,6 +168,9 @@ def build_control_task(cfg: ControlTrainConfig) -> TrainingTask:
         raise ChexgenError(f"region_threshold must be a finite number >= 0, got {cfg.region_threshold}")
     if cfg.missing_condition not in ("empty", "skip"):
         raise ChexgenError(f"missing_condition must be 'empty' or 'skip', got {cfg.missing_condition!r}")
+    from chexgen.pipelines.control import check_control_guidance
+
+    check_control_guidance(cfg.control_guidance)
 
     base = ChexGenPipeline.from_pretrained(cfg.base_model)
     dataset: Dataset = CachedFeatures(cfg.data, load_std=cfg.latent_sampling == "sample")
@@ -239,7 +246,8 @@ class _ControlHooks:
         from chexgen.pipelines.control import ChexGenControlPipeline
 
         device = next(model.parameters()).device
-        pipe = ChexGenControlPipeline(self.base, model.controlnet, conditioning_scale=self.cfg.conditioning_scale)
+        pipe = ChexGenControlPipeline(self.base, model.controlnet, conditioning_scale=self.cfg.conditioning_scale,
+                                      control_guidance=self.cfg.control_guidance)
         control = self.inputs(self.rows)["control_latents"].to(device)
         emb = TextEmbeddings(self.rows["text"].float(), self.rows["text_mask"]).to(device=device)
         latents = pipe.sample_latents(emb, control, make_generators(range(self.cfg.seed, self.cfg.seed + len(control))),
@@ -260,5 +268,6 @@ class _ControlHooks:
             data=str(self.cfg.data),
             missing_condition=self.cfg.missing_condition,
             resolution=self.base.config.resolution,
+            control_guidance=self.cfg.control_guidance,
         ).write(directory)
 

@@ -25,7 +25,8 @@ class ChexGenBackend(GeneratorBackend):
     name = "chexgen"
 
     def __init__(self, pipe: "ChexGenPipeline", sampling: SamplingSettings, model_name: str | None = None,
-                 control: "ChexGenControlPipeline | None" = None, conditioning_scale: float = 1.0) -> None:
+                 control: "ChexGenControlPipeline | None" = None, conditioning_scale: float = 1.0,
+                 control_guidance: str | None = None) -> None:
         self.pipe = pipe
         self.sampling = sampling
         self.model_name = model_name or str(pipe.source_path or "unsaved pipeline")
@@ -38,6 +39,8 @@ class ChexGenBackend(GeneratorBackend):
             self.condition_policy = control.fit_policy
             self.condition_palette = control.controlnet.config.palette
             control._scale(conditioning_scale)  # validates
+        # None: the adapter's stored default (ChexGenControlPipeline.control_guidance)
+        self.control_guidance = control._guidance(control_guidance) if control is not None else None
 
     @property
     def resolution(self) -> int:
@@ -67,6 +70,7 @@ class ChexGenBackend(GeneratorBackend):
                 control_model=str(path) if path is not None else "unsaved adapter",
                 control_sha256=sha256_file(weights) if weights is not None and weights.is_file() else None,
                 conditioning_scale=self.conditioning_scale,
+                control_guidance=self.control_guidance,
             )
         return out
 
@@ -87,5 +91,6 @@ class ChexGenBackend(GeneratorBackend):
         rendered = self.control.render_all(conditions)
         images = self.control.generate_rendered(list(prompts), rendered, gens, self.sampling,
                                                 conditioning_scale=self.conditioning_scale,
+                                                control_guidance=self.control_guidance,
                                                 batch_size=max(1, len(prompts)), progress=False)
         return GeneratedBatch(images[:, 0].numpy(), rendered[:, 0].numpy())
