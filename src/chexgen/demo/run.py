@@ -67,7 +67,7 @@ class DemoConfig:
     control: str | None = None  # ControlNet adapter folder; default: <model>/control when present
     n_control_masks: int = 3  # real SIIM-ACR pneumothorax masks (torchxrayvision) for the control part
     n_control_boxes: int = 3  # real NIH ChestX-ray14 boxes (torchxrayvision) for the control part
-    control_images: int = 2  # per mask / box, each with and without the adapter (same seed)
+    control_images: int = 4  # per mask / box, each with and without the adapter (same seed)
     sampler: str | None = None  # None = the model's own default (the bundled model stores dpmsolver++sde)
     steps: int | None = None  # None = the model's own default (the bundled model stores 20)
     guidance: float | None = None  # None = the model's own default (the bundled model stores its tuned value)
@@ -307,7 +307,8 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
             ))
     by_source = {src: finite_mean(r["localisation_ratio"] for r in rows if r["source"] == src)
                  for src in dict.fromkeys(r["source"] for r in rows)}
-    summary = {"adapter": str(control_dir), "n_conditions": len(rows), "images_per_condition": k,
+    summary = {"adapter": str(control_dir), "control_guidance": cpipe.control_guidance,
+               "n_conditions": len(rows), "images_per_condition": k,
                "localisation_ratio_mean": finite_mean(r["localisation_ratio"] for r in rows),
                "localisation_ratio_by_source": by_source, "examples": rows}
     caption = (f"Each row: the condition as the adapter sees it, {k} image(s) without the adapter, then the same "
@@ -338,7 +339,8 @@ def _demo_tables(d: dict[str, Any]) -> list[dict[str, Any]]:
             "rows": [[r["source"], r["condition_id"], r["prompt"], r["area_fraction"], r["localisation_ratio"]]
                      for r in c["examples"]],
             "note": ("Localisation ratio: mean |with adapter - without| inside the mask / box over the same outside "
-                     f"it (same seeds); 1 = no spatial preference. Mean {c['localisation_ratio_mean']:.2f}."),
+                     f"it (same seeds); 1 = no spatial preference. Mean {c['localisation_ratio_mean']:.2f}; "
+                     f"{c.get('control_guidance', 'shared')} control guidance."),
         })
     return tables
 

@@ -14,10 +14,12 @@ Same loop, objective and bookkeeping as text-to-image training
   the latent of a blank condition image ("this image has nothing marked", the
   default, so the adapter also learns negatives) or are left out
   (``missing_condition: skip``);
-- captions are still dropped to the null caption 10 % of the time, so the
-  unconditional branch of classifier-free guidance has seen the condition too;
+- captions are still dropped to the null caption 10 % of the time (the adapter
+  also learns to act without a prompt);
 - the export is an adapter folder (config + safetensors from the EMA weights)
-  with ``control_info.json`` naming the base pipeline and its weights' SHA-256.
+  with ``control_info.json`` naming the base pipeline and its weights' SHA-256, and
+  the control guidance sampling uses with it (``joint`` by default, see
+  :mod:`chexgen.pipelines.control`).
 """
 
 from __future__ import annotations
