@@ -149,3 +149,41 @@ def test_region_loss_weight_reaches_the_objective_and_is_checked(prepared, capsy
     code = main(["train-control", str(root / "cache"), "--output-dir", str(root / "region-bad"), *common,
                  "--region-loss-weight", "-1"])
     assert code == 2 and "region_loss_weight must be" in capsys.readouterr().err
+
+
+def test_base_anchor_pulls_unmarked_cells_toward_the_base(prepared, capsys):
+    from chexgen.models.controlnet import ChexGenControlNet, ControlledDiT
+    from chexgen.training.control_task import BaseAnchor, RegionWeight
+
+    root, base = prepared
+    dit = base.transformer
+    g = torch.Generator().manual_seed(1)
+    empty = torch.randn(4, 4, 4, generator=g)
+    cond = empty.expand(2, 4, 4, 4).clone()
+    cond[0, 1, 0, 3] += 3.0  # one marked cell in row 0 (grown to its 3x3 neighbourhood: 4 cells at a corner)
+    batch = {"cond.control": cond, "cond_present.control": torch.tensor([True, True])}
+    cells = RegionWeight("control", empty, 0.0, 0.6)
+    x, t = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([100, 700])
+    text, mask = torch.randn(2, 8, 32, generator=g), torch.ones(2, 8, dtype=torch.long)
+    anchor = BaseAnchor(cells, weight=2.0)
+    fresh = ControlledDiT(dit, ChexGenControlNet.from_transformer(dit))  # zero projections: exactly the base
+    with torch.no_grad():
+        pred = fresh(x, t, text, mask, control_latents=cond)
+        assert float(anchor(fresh, batch, pred, x, t, text, mask)["anchor"]) == 0.0
+        shifted = pred.clone()
+        shifted[:, :4] += 1.0  # one everywhere: only the unmarked cells count, the variance channels do not
+        unmarked = 2 * 4 * 16 - 4 * 4  # 2 rows x 4 channels x 16 cells, less row 0's 4 marked cells x 4 channels
+        got = float(anchor(fresh, batch, shifted, x, t, text, mask)["anchor"])
+    assert got == pytest.approx(2.0 * unmarked / shifted[:, :4].numel())
+    # end to end: the term is logged, and a negative weight is refused
+    run = root / "anchor"
+    code = main(["train-control", str(root / "cache"), "--base-model", str(root / "base"), "--output-dir", str(run),
+                 "--max-steps", "2", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0", "--log-every",
+                 "1", "--control-blocks", "2", "--no-export", "--base-anchor-weight", "1"])
+    assert code == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert "train/anchor" in EventAccumulator(str(run / "logs")).Reload().Tags()["scalars"]
+    code = main(["train-control", str(root / "cache"), "--base-model", str(root / "base"), "--output-dir",
+                 str(root / "anchor-bad"), "--base-anchor-weight", "-1"])
+    assert code == 2 and "base_anchor_weight must be" in capsys.readouterr().err

@@ -77,6 +77,9 @@ def test_demo_writes_report_images_and_metrics(tmp_path, demo_model):
     assert sources.count("SIIM-ACR mask") == 1 and sources.count("NIH box") == 1
     for e in control["examples"]:
         assert 0 < e["area_fraction"] < 1 and np.isfinite(e["localisation_ratio"]) and e["label"] in CLASSES
+        # against the adapter shown a blank condition: a different reference, so a different ratio
+        assert np.isfinite(e["condition_localisation_ratio"]) and e["blank_condition_change"] > 0
+        assert e["condition_localisation_ratio"] != e["localisation_ratio"]
     assert control["examples"][0]["label"] == "Pneumothorax" and "pneumothorax" in control["examples"][0]["prompt"]
     controlled = [r for r in syn if r.id.startswith("control_")]
     assert len(controlled) == 2 * 2

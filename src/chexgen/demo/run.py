@@ -256,6 +256,8 @@ def _prompt_grid(title: str, prompts: Sequence[str], images: np.ndarray, per_pro
 def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConfig, out: Path,
                   provenance: dict[str, Any]) -> tuple[dict[str, Any], list, list[Record]]:
     """Generate from real SIIM masks / NIH boxes with and without the adapter (same seeds); measure where it acts."""
+    import torch
+
     from chexgen.data.imageio import save_png
     from chexgen.demo.control import localisation_ratio, one_hot_labels, real_control_examples
     from chexgen.evaluation.plots import grid_png
@@ -263,7 +265,7 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
     from chexgen.generation.backends import ChexGenBackend
     from chexgen.generation.writer import write_synthetic_png
     from chexgen.pipelines import ChexGenControlPipeline
-    from chexgen.pipelines.base import resolve_sampling
+    from chexgen.pipelines.base import image_generators, resolve_sampling
 
     examples = real_control_examples(cfg.n_control_masks, cfg.n_control_boxes, trained, seed=cfg.seed)
     if not examples:
@@ -278,19 +280,27 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
     seeds = [cfg.seed + 30_000 + i for i in range(len(conds) * k)]
     kw = dict(num_images_per_condition=k, seeds=seeds, sampler=cfg.sampler, num_inference_steps=cfg.steps,
               guidance_scale=cfg.guidance, batch_size=cfg.batch_size, progress=cfg.progress)
-    log.info("control: %d real conditions x %d images, with and without the adapter", len(conds), k)
+    log.info("control: %d real conditions x %d images, with and without the adapter, and with a blank condition",
+             len(conds), k)
     on = cpipe(prompts, conds, conditioning_scale=1.0, **kw)
     off = cpipe(prompts, conds, conditioning_scale=0.0, **kw)
+    # the same adapter given a blank condition ("nothing marked"): separates the effect of the mask / box itself
+    # from what the adapter changes everywhere whatever it is shown
+    blank = cpipe.generate_rendered(on.prompts, torch.zeros_like(on.conditions), image_generators(on.seeds), sampling,
+                                    batch_size=cfg.batch_size, progress=cfg.progress)
     on_img, off_img = on.images[:, 0].float().numpy(), off.images[:, 0].float().numpy()
+    blank_img = blank[:, 0].float().numpy()
     drawn = on.conditions[:, 0].float().numpy()
 
     rows, fig_rows, records = [], [], []
     for i, ex in enumerate(examples):
         idx = list(range(i * k, (i + 1) * k))
-        ratios = [localisation_ratio(on_img[j], off_img[j], drawn[j] > 0) for j in idx]
-        ratio = finite_mean(ratios)
+        ratio = finite_mean(localisation_ratio(on_img[j], off_img[j], drawn[j] > 0) for j in idx)
+        vs_blank = finite_mean(localisation_ratio(on_img[j], blank_img[j], drawn[j] > 0) for j in idx)
         rows.append({"condition_id": ex.condition.id, "source": ex.source, "label": ex.label, "prompt": ex.prompt,
-                     "area_fraction": float((drawn[idx[0]] > 0).mean()), "localisation_ratio": ratio})
+                     "area_fraction": float((drawn[idx[0]] > 0).mean()), "localisation_ratio": ratio,
+                     "condition_localisation_ratio": vs_blank,
+                     "blank_condition_change": float(np.mean(np.abs(blank_img[idx] - off_img[idx])))})
         fig_rows.append([drawn[idx[0]], *off_img[idx], *on_img[idx]])
         for j in idx:
             rid = f"control_{j:04d}"
@@ -307,10 +317,16 @@ def _control_part(pipe, control_dir: Path, trained: Sequence[str], cfg: DemoConf
             ))
     by_source = {src: finite_mean(r["localisation_ratio"] for r in rows if r["source"] == src)
                  for src in dict.fromkeys(r["source"] for r in rows)}
+    by_source_blank = {src: finite_mean(r["condition_localisation_ratio"] for r in rows if r["source"] == src)
+                       for src in by_source}
     summary = {"adapter": str(control_dir), "control_guidance": cpipe.control_guidance,
                "n_conditions": len(rows), "images_per_condition": k,
                "localisation_ratio_mean": finite_mean(r["localisation_ratio"] for r in rows),
-               "localisation_ratio_by_source": by_source, "examples": rows}
+               "localisation_ratio_by_source": by_source,
+               "condition_localisation_ratio_mean": finite_mean(r["condition_localisation_ratio"] for r in rows),
+               "condition_localisation_ratio_by_source": by_source_blank,
+               "blank_condition_change_mean": float(np.mean([r["blank_condition_change"] for r in rows])),
+               "examples": rows}
     caption = (f"Each row: the condition as the adapter sees it, {k} image(s) without the adapter, then the same "
                f"seed(s) with it. Rows: " + " | ".join(f"{i + 1}: {r['source']}, “{r['prompt']}”"
                                                       for i, r in enumerate(rows)))
@@ -335,12 +351,16 @@ def _demo_tables(d: dict[str, Any]) -> list[dict[str, Any]]:
     if c:
         tables.append({
             "title": "Spatial control: where does the adapter change the image?", "id": "demo-control",
-            "columns": ["source", "condition", "prompt", "area of image", "localisation ratio"],
-            "rows": [[r["source"], r["condition_id"], r["prompt"], r["area_fraction"], r["localisation_ratio"]]
-                     for r in c["examples"]],
+            "columns": ["source", "condition", "prompt", "area of image", "localisation ratio",
+                        "vs blank condition", "blank condition: mean |change|"],
+            "rows": [[r["source"], r["condition_id"], r["prompt"], r["area_fraction"], r["localisation_ratio"],
+                      r["condition_localisation_ratio"], r["blank_condition_change"]] for r in c["examples"]],
             "note": ("Localisation ratio: mean |with adapter - without| inside the mask / box over the same outside "
                      f"it (same seeds); 1 = no spatial preference. Mean {c['localisation_ratio_mean']:.2f}; "
-                     f"{c.get('control_guidance', 'shared')} control guidance."),
+                     f"{c.get('control_guidance', 'shared')} control guidance. 'vs blank condition': the same "
+                     "ratio against the adapter given a blank condition, i.e. the effect of the mask / box alone "
+                     f"(mean {c['condition_localisation_ratio_mean']:.2f}); the last column is how much the "
+                     "adapter changes the picture (mean |difference|, images in [0, 1]) when shown nothing."),
         })
     return tables
 

@@ -41,7 +41,7 @@ from chexgen.training import config as config_module
 from chexgen.training.config import TrainConfig
 from chexgen.training.trainer import TrainingTask
 
-__all__ = ["ControlTrainConfig", "RegionWeight", "build_control_task", "conditioned_indices"]
+__all__ = ["BaseAnchor", "ControlTrainConfig", "RegionWeight", "build_control_task", "conditioned_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ControlTrainConfig(TrainConfig):
     control_guidance: str = "joint"  # stored with the adapter: how sampling guides the condition (joint | shared)
     region_loss_weight: float = 0.0  # extra epsilon-MSE weight on latent cells the condition marks (0 = off)
     region_threshold: float = 0.6  # a cell is marked where its condition latent differs from the blank's by more
+    base_anchor_weight: float = 0.0  # outside the marked cells, pull the epsilon toward the frozen base's (0 = off)
     learning_rate: float = 1e-4
 
 
@@ -77,6 +78,11 @@ for _key, _text in {
                           "background; 0 = the plain loss",
     "region_threshold": "a latent cell counts as marked where max over channels of |condition latent - blank "
                         "condition latent| exceeds this",
+    "base_anchor_weight": "add this weight times the mean squared difference between the controlled and the frozen "
+                          "base model's epsilon on the latent cells the condition does not mark (grown by one "
+                          "cell; all cells for a blank condition), so that the adapter changes the picture where "
+                          "the mask or box is and leaves the rest to the base; 0 = off (costs one base forward "
+                          "per step)",
 }.items():
     config_module.HELP.setdefault(_key, _text)
 
@@ -144,6 +150,32 @@ class RegionWeight:
         return 1.0 + self.weight * self.region(batch).float()
 
 
+class BaseAnchor:
+    """``extra_loss`` for :class:`DiffusionObjective`: outside the marked cells, stay with the base model.
+
+    ``weight * mean(((eps_controlled - eps_base) * unmarked) ** 2)`` over the epsilon channels, where
+    ``eps_base`` is the frozen base's prediction for the same noisy latents, timesteps and (possibly
+    dropped) captions, and ``unmarked`` is the complement of :meth:`RegionWeight.region` grown by one
+    latent cell (a finding's edge may spill over its mask). A blank condition marks nothing, so there
+    the adapter is pulled toward the base everywhere: what it changes, it changes because of the
+    condition. Logged as ``train/anchor``.
+    """
+
+    def __init__(self, region: "RegionWeight", weight: float) -> None:
+        self.region = region
+        self.weight = float(weight)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], pred: torch.Tensor, xt: torch.Tensor,
+                 t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        controlled = model.module if hasattr(model, "module") else model
+        with torch.no_grad():
+            base = controlled.transformer(xt, t, text, mask)
+            marked = torch.nn.functional.max_pool2d(self.region.region(batch).float(), 3, stride=1, padding=1)
+        c = xt.shape[1]
+        diff = (pred[:, :c].float() - base[:, :c].float()) * (1.0 - marked)
+        return {"anchor": self.weight * diff.pow(2).mean()}
+
+
 @torch.no_grad()
 def blank_condition_latent(vae, resolution: int) -> torch.Tensor:
     """Latent ``[C, h, w]`` of an all-background condition image (the encoding of black, not zeros)."""
@@ -168,6 +200,8 @@ def build_control_task(cfg: ControlTrainConfig) -> TrainingTask:
         raise ChexgenError(f"region_loss_weight must be a finite number >= 0, got {cfg.region_loss_weight}")
     if not (cfg.region_threshold >= 0 and cfg.region_threshold != float("inf")):
         raise ChexgenError(f"region_threshold must be a finite number >= 0, got {cfg.region_threshold}")
+    if not (cfg.base_anchor_weight >= 0 and cfg.base_anchor_weight != float("inf")):
+        raise ChexgenError(f"base_anchor_weight must be a finite number >= 0, got {cfg.base_anchor_weight}")
     if cfg.missing_condition not in ("empty", "skip"):
         raise ChexgenError(f"missing_condition must be 'empty' or 'skip', got {cfg.missing_condition!r}")
     from chexgen.pipelines.control import check_control_guidance
@@ -212,11 +246,12 @@ def build_control_task(cfg: ControlTrainConfig) -> TrainingTask:
     model = ControlledDiT(transformer, adapter, conditioning_scale=cfg.conditioning_scale)
 
     empty = blank_condition_latent(base.vae, resolution)
-    region = (RegionWeight(cfg.condition_name, empty, cfg.region_loss_weight, cfg.region_threshold)
-              if cfg.region_loss_weight > 0 else None)
+    cells = RegionWeight(cfg.condition_name, empty, cfg.region_loss_weight, cfg.region_threshold)
     objective = DiffusionObjective(caption_dropout=cfg.caption_dropout, latent_sampling=cfg.latent_sampling,
                                    extra_inputs=ControlInputs(cfg.condition_name, empty), snr_gamma=cfg.snr_gamma,
-                                   mse_weight=region)
+                                   mse_weight=cells if cfg.region_loss_weight > 0 else None,
+                                   extra_loss=BaseAnchor(cells, cfg.base_anchor_weight)
+                                   if cfg.base_anchor_weight > 0 else None)
     collate = functools.partial(collate_features, pad_to=te.max_length)
     sample_rows = [dataset[i] for i in (range(min(4, len(dataset))) if cfg.missing_condition == "skip"
                                         else with_cond[:4])]

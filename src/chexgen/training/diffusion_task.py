@@ -68,6 +68,7 @@ class DiffusionObjective:
         extra_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         snr_gamma: float | None = None,
         mse_weight: Callable[[dict[str, Any]], torch.Tensor | None] | None = None,
+        extra_loss: Callable[..., dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.schedule = schedule or NoiseSchedule()
         self.constants = VBConstants.from_schedule(self.schedule)
@@ -77,6 +78,8 @@ class DiffusionObjective:
         self.extra_inputs = extra_inputs
         self.snr_gamma = snr_gamma
         self.mse_weight = mse_weight
+        # extra_loss(model, batch, pred, xt, t, text, mask) -> named terms, added to the loss and logged
+        self.extra_loss = extra_loss
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         if self.encoder is not None and "image" in batch:
@@ -109,7 +112,8 @@ class DiffusionObjective:
         weight = self.mse_weight(batch) if self.mse_weight is not None else None
         out = learned_variance_loss(pred, x0, xt, noise, t, self.constants, snr_gamma=self.snr_gamma,
                                     mse_weight=weight)
-        return {"loss": out.loss, "mse": out.mse, "vb": out.vb}
+        terms = self.extra_loss(model, batch, pred, xt, t, text, mask) if self.extra_loss is not None else {}
+        return {"loss": out.loss + sum(terms.values()), "mse": out.mse, "vb": out.vb, **terms}
 
 
 class ManifestCaptionImages(RecordImages):
