@@ -11,7 +11,7 @@
 # Continuing a packed model: INIT_FROM=DIR (a demo model folder such as src/chexgen/assets/demo) reuses
 # its VAE and classifier (the cohort is the same, seed 0) and starts the DiT from DIR/pipeline and the
 # adapter from DIR/control instead of from scratch (steps 2 and 5 are skipped). This is how the bundled
-# model was continued on 2026-12-01 (see its MODEL_CARD.md).
+# model was continued on 2026-12-01 (see its MODEL_CARD.md, which lists the settings of each stage).
 #
 # Quality curve: CURVE_EVERY=N trains the DiT in sessions of N steps (resumed exactly, so the result is
 # the same run) and keeps each session's export as WORK/dit/pipeline-step-<step>, for
@@ -51,6 +51,9 @@ KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
 # adapter captions replaced by the null caption this often (the ControlNet recipe drops half of them, so
 # that the layout has to come from the condition; the DiT keeps 0.1 for guidance)
 CONTROL_CAPTION_DROPOUT="${CONTROL_CAPTION_DROPOUT:-0.1}"
+# outside the cells a condition marks, the adapter's epsilon is pulled toward the frozen base's with this
+# weight (train-control --base-anchor-weight): the adapter then changes the picture where the mask / box is
+CONTROL_ANCHOR_WEIGHT="${CONTROL_ANCHOR_WEIGHT:-5}"
 if (( CURVE_EVERY > 0 && DIT_DECAY_STEPS > 0 )); then
   echo "CURVE_EVERY sessions end at intermediate --max-steps, which a decay is scheduled against; use" \
        "KEEP_CHECKPOINTS=0 with DIT_DECAY_STEPS instead" >&2
@@ -113,7 +116,7 @@ chexgen prepare "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --vae "$VAE" --o
   --device cpu --conditions --condition-kinds finding --condition-style alternate
 chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --output-dir "$WORK/control" "${CONTROL_INIT[@]}" \
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps "$CONTROL_STEPS" --max-minutes "$CONTROL_MINUTES" \
-  --lr-decay-steps "$CONTROL_DECAY_STEPS" --caption-dropout "$CONTROL_CAPTION_DROPOUT" --region-loss-weight "$REGION_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
+  --lr-decay-steps "$CONTROL_DECAY_STEPS" --caption-dropout "$CONTROL_CAPTION_DROPOUT" --region-loss-weight "$REGION_WEIGHT" --base-anchor-weight "$CONTROL_ANCHOR_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
 # 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)

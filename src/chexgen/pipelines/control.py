@@ -19,9 +19,9 @@ conditional and unconditional (null caption) branches. Two ways to combine them 
 
 An adapter's default is stored in its ``control_info.json`` (``chexgen train-control`` writes
 ``joint``); adapters without one (converted official weights, packs of chexgen <= 0.4) use
-``shared``, the behaviour they had. On the bundled demo model, ``joint`` raised the hit rate of
-``benchmarks/control.py --model`` from 0.57 to 0.64 (masks, segmenter ceiling 0.73; see the
-Benchmarks page).
+``shared``, the behaviour they had. On the bundled demo model's adapter, ``joint`` raised the hit
+rate of ``benchmarks/control.py --model`` from 0.57 to 0.64 for masks and from 0.48 to 0.63 for
+boxes (segmenter ceiling 0.73 / 0.67; see the Benchmarks page).
 
 The adapter folder (``ChexGenControlNet.save_pretrained``) is separate from the
 base pipeline folder; ``control_info.json`` in it records which base it was
