@@ -18,8 +18,8 @@ conditional and unconditional (null caption) branches. Two ways to combine them 
   control sampler ran the conditional branch alone, i.e. no guidance.)
 
 An adapter's default is stored in its ``control_info.json`` (``chexgen train-control`` writes
-``joint``); adapters without one (converted official weights, packs of chexgen <= 0.4) use
-``shared``, the behaviour they had. On the bundled demo model's adapter, ``joint`` raised the hit
+``joint``); adapters without one (converted official weights, packs made before the setting
+existed) use ``shared``, the behaviour they had. On the bundled demo model's adapter, ``joint`` raised the hit
 rate of ``benchmarks/control.py --model`` from 0.57 to 0.64 for masks and from 0.48 to 0.63 for
 boxes (segmenter ceiling 0.73 / 0.67; see the Benchmarks page).
 
