@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from chexgen.errors import ChexgenError
 from chexgen.training import config as config_module
 from chexgen.training.config import TrainConfig
-from chexgen.training.trainer import TrainingTask
+from chexgen.training.trainer import TrainingTask, unwrap
 
 __all__ = ["BaseAnchor", "ControlTrainConfig", "RegionWeight", "build_control_task", "conditioned_indices"]
 
@@ -167,9 +167,8 @@ class BaseAnchor:
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], pred: torch.Tensor, xt: torch.Tensor,
                  t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        controlled = model.module if hasattr(model, "module") else model
         with torch.no_grad():
-            base = controlled.transformer(xt, t, text, mask)
+            base = unwrap(model).transformer(xt, t, text, mask)
             marked = torch.nn.functional.max_pool2d(self.region.region(batch).float(), 3, stride=1, padding=1)
         c = xt.shape[1]
         diff = (pred[:, :c].float() - base[:, :c].float()) * (1.0 - marked)
@@ -196,12 +195,10 @@ def build_control_task(cfg: ControlTrainConfig) -> TrainingTask:
         raise ChexgenError("train-control: no data given (a `chexgen prepare --conditions` cache folder)")
     if cfg.encode_on_the_fly:
         raise ChexgenError("train-control reads cached condition latents; run `chexgen prepare --conditions` first")
-    if not (cfg.region_loss_weight >= 0 and cfg.region_loss_weight != float("inf")):
-        raise ChexgenError(f"region_loss_weight must be a finite number >= 0, got {cfg.region_loss_weight}")
-    if not (cfg.region_threshold >= 0 and cfg.region_threshold != float("inf")):
-        raise ChexgenError(f"region_threshold must be a finite number >= 0, got {cfg.region_threshold}")
-    if not (cfg.base_anchor_weight >= 0 and cfg.base_anchor_weight != float("inf")):
-        raise ChexgenError(f"base_anchor_weight must be a finite number >= 0, got {cfg.base_anchor_weight}")
+    for name in ("region_loss_weight", "region_threshold", "base_anchor_weight"):
+        value = getattr(cfg, name)
+        if not (value >= 0 and value != float("inf")):  # NaN fails the first comparison
+            raise ChexgenError(f"{name} must be a finite number >= 0, got {value}")
     if cfg.missing_condition not in ("empty", "skip"):
         raise ChexgenError(f"missing_condition must be 'empty' or 'skip', got {cfg.missing_condition!r}")
     from chexgen.pipelines.control import check_control_guidance

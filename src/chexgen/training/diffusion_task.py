@@ -27,16 +27,12 @@ from chexgen.diffusion.schedule import NoiseSchedule
 from chexgen.errors import ChexgenError
 from chexgen.training.cache import CachedFeatures, RecordImages, caption_for, collate_features
 from chexgen.training.config import TrainConfig
-from chexgen.training.trainer import TrainingTask
+from chexgen.training.trainer import TrainingTask, unwrap
 
 __all__ = ["DiffusionObjective", "OnTheFlyEncoder", "ManifestCaptionImages", "build_text_to_image_task",
            "resolve_vae_spec"]
 
 log = logging.getLogger(__name__)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 class OnTheFlyEncoder:
@@ -95,7 +91,7 @@ class DiffusionObjective:
         xt = self.schedule.add_noise(x0, noise, t)
 
         text, mask = batch["text"].float(), batch["text_mask"]
-        dit = _unwrap(model)
+        dit = unwrap(model)
         if self.caption_dropout > 0:
             # torch.where keeps the null caption in the graph every step (zero gradient when no
             # caption is dropped), which DDP needs: a parameter must not be used only sometimes.

@@ -48,7 +48,7 @@ from chexgen.training.config import LoopConfig, save_config
 from chexgen.training.ema import EMA
 
 __all__ = ["TrainingTask", "TrainResult", "EpochBatchSampler", "train", "step_seed", "make_accelerator",
-           "training_precision", "lr_factor"]
+           "training_precision", "lr_factor", "unwrap"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ class TrainResult:
     last_logs: dict[str, float]
     steps_per_second: float
     samples_per_second: float
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself when unwrapped).
+
+    For a task's loss function, which receives the model as the accelerator prepared it."""
+    return model.module if hasattr(model, "module") else model
 
 
 def step_seed(seed: int, rank: int, step: int, micro: int = 0) -> int:

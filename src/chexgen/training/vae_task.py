@@ -36,7 +36,7 @@ from chexgen.errors import ChexgenError
 from chexgen.evaluation.metrics.similarity import compute_ssim
 from chexgen.training.cache import RecordImages
 from chexgen.training.config import VAETrainConfig
-from chexgen.training.trainer import TrainingTask
+from chexgen.training.trainer import TrainingTask, unwrap
 
 __all__ = ["ssim", "VAEObjective", "InMemoryImages", "load_images", "latent_std", "build_vae_task"]
 
@@ -65,7 +65,7 @@ class VAEObjective:
             left = int(torch.randint(0, w - self.crop + 1, (1,), generator=generator, device=generator.device))
             images = images[..., top : top + self.crop, left : left + self.crop]
         x = images * 2.0 - 1.0
-        ae = model.module if hasattr(model, "module") else model
+        ae = unwrap(model)
         posterior = ae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator,
                                                          device=x.device, dtype=posterior.mean.dtype)
