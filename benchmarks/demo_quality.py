@@ -1,6 +1,7 @@
 """Quality bar of the bundled demo model, and the demo's wall time.
 
     python benchmarks/demo_quality.py [--n 256] [--model DIR] [--guidance 4 7] [--precision auto] [--skip-demo]
+        [--reconstruction]
 
 1. Renders ``--n`` held-out phantom cases (seed 1000; the model was trained on seed 0), generates one
    image from each case's impression, and scores both sets with the phantom classifier shipped beside
@@ -8,6 +9,8 @@
    findings the model was trained on) next to the classifier's AUROC on the real held-out images, and
    FID on the classifier's features (real vs generated) next to the FID between two halves of the real set.
    Several ``--guidance`` values are scored on the same cases and seeds, one table each.
+   ``--reconstruction`` adds one more table: the real held-out images passed through the model's VAE and
+   scored the same way, which is the floor a generator sampling this autoencoder's latents cannot go below.
    Generation runs in ``--precision`` (default auto: bf16 where the CPU has it) with the model's own sampler and
    steps unless ``--sampler`` / ``--steps`` say otherwise.
 2. Times one default ``chexgen demo`` run (the "at most 60 s on 2 CPU cores" target; its CPU seconds are
@@ -44,6 +47,9 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 for generation (default auto)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--skip-demo", action="store_true", help="do not time a default `chexgen demo` run")
+    ap.add_argument("--reconstruction", action="store_true",
+                    help="also score the real held-out images passed through the model's VAE (encode, decode): "
+                         "the FID and AUROC no generator on this autoencoder can beat")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the chexgen CLI does (for the demo subprocess)
     torch.set_flush_denormal(True)
@@ -86,7 +92,17 @@ def main() -> int:
         syn = _synthetic_records(heldout, prompts, seeds, gen, work / f"generated_cfg{guidance:g}", "paired",
                                  {"model": str(pipeline_dir), "guidance": guidance})
         results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
-        rows.append((guidance, t_gen, results["demo"], results["metrics"]))
+        rows.append((f"guidance {guidance:g}", guidance, t_gen, results["demo"], results["metrics"]))
+    if args.reconstruction:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            recon = torch.cat([pipe.decode_latents(pipe.vae.encode(torch.from_numpy(real[i:i + 32]).float()[:, None]))
+                               for i in range(0, len(real), 32)])[:, 0].numpy()
+        t_rec = time.perf_counter() - t0
+        syn = _synthetic_records(heldout, prompts, seeds, recon, work / "reconstructed", "recon",
+                                 {"model": str(pipeline_dir), "vae_reconstruction": True})
+        results, _ = evaluate_demo_model(clf, heldout, real, syn, recon, trained, bootstrap=200, progress=True)
+        rows.append(("VAE reconstruction of the real images", None, t_rec, results["demo"], results["metrics"]))
 
     demo_seconds, demo_cpu, control = None, None, None
     if not args.skip_demo:
@@ -105,9 +121,8 @@ def main() -> int:
     print()
     print(f"held-out phantom cases: {len(heldout)} (rendered in {t_render:.1f} s); {sampler} {steps} steps, "
           f"{pipe.precision}, clip_latents {pipe.config.clip_latents}")
-    for guidance, t_gen, d, m in rows:
-        print(f"\n== guidance {guidance:g}: generated {len(heldout)} images in {t_gen:.1f} s "
-              f"({len(heldout) / t_gen:.2f} img/s)")
+    for label, _, t_gen, d, m in rows:
+        print(f"\n== {label}: {len(heldout)} images in {t_gen:.1f} s ({len(heldout) / t_gen:.2f} img/s)")
         print(f"{'finding':28s} {'AUROC generated':>16s} {'AUROC real':>11s}")
         for c in trained:
             print(f"{c:28s} {d['auroc_generated_per_class'][c]:16.3f} {d['auroc_real_per_class'][c]:11.3f}")
@@ -134,7 +149,9 @@ def main() -> int:
                   f"{e['localisation_ratio']:.2f}  \"{e['prompt']}\"")
     (work / "demo_quality.json").write_text(json.dumps(
         {"runs": [{"guidance": g, "generate_seconds": t, "demo": d,
-                   "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]} for g, t, d, m in rows],
+                   "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]} for _, g, t, d, m in rows if g is not None],
+         "reconstruction": next(({"seconds": t, "demo": d, "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]}
+                                 for _, g, t, d, m in rows if g is None), None),
          "precision": pipe.precision, "sampler": sampler, "steps": steps,
          "demo_seconds": demo_seconds, "demo_cpu_seconds": demo_cpu, "control": control}, indent=2, default=float))
     print(f"details: {work / 'demo_quality.json'}")

@@ -56,6 +56,38 @@ def test_train_vae_improves_reconstruction_and_exports_scaled_vae(tmp_path):
     assert (out / "samples").is_dir() and (out / "checkpoints").is_dir()
 
 
+def test_train_vae_decoder_only_keeps_the_latent_space(tmp_path, capsys):
+    manifest = make_dataset(tmp_path / "data", n=8, size=32)
+    start = save_tiny_vae(tmp_path / "start")
+    init = RadiographVAE.from_pretrained(start)
+    out = tmp_path / "run"
+    from chexgen.data.manifest import read_manifest
+
+    x = load_images(read_manifest(manifest), manifest.parent, 32, "crop", tmp_path / "rejects.jsonl",
+                    progress=False).images.float()
+    with torch.no_grad():
+        before = float((init(x) - x).abs().mean())
+    rc = main(["train-vae", str(manifest), "--output-dir", str(out), "--init-from", str(start), "--resolution", "32",
+               "--decoder-only", "--max-steps", "25", "--batch-size", "8", "--learning-rate", "2e-3",
+               "--ema-decay", "0", "--no-progress"])
+    assert rc == 0
+    tuned = RadiographVAE.from_pretrained(out / "vae")
+    a, b = init.autoencoder.state_dict(), tuned.autoencoder.state_dict()
+    for name in a:
+        same = torch.equal(a[name], b[name])
+        assert same == name.startswith(("encoder.", "quant_conv.")), name
+    assert tuned.scaling_factor == init.scaling_factor  # not re-estimated: the latents are the init's
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(x), init.encode(x))
+        assert float((tuned(x) - x).abs().mean()) < before
+
+    # decoder-only needs a VAE to start from: one line, nothing trained
+    assert main(["train-vae", str(manifest), "--output-dir", str(tmp_path / "no-init"), "--decoder-only",
+                 "--max-steps", "1", "--no-progress"]) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert not (tmp_path / "no-init" / "vae").exists()
+
+
 def test_train_vae_bad_manifest_lines_are_rejects_and_bad_encoding_stops(tmp_path, capsys):
     manifest = make_dataset(tmp_path / "data", n=4, size=32)
     lines = manifest.read_text().splitlines()

@@ -135,6 +135,7 @@ class VAETrainConfig(LoopConfig):
     l1_weight: float = 1.0
     scaling_samples: int = 512  # images encoded to set scaling_factor = 1 / std(latents)
     crop_size: int | None = None  # train on random square crops of this size (multiple of 8); None = whole image
+    decoder_only: bool = False  # freeze the encoder (and its scaling_factor): the latent space stays the same
     checkpoint_every: int = 0
 
 
@@ -328,6 +329,8 @@ def _validate(config: Any) -> None:
     if isinstance(config, VAETrainConfig):
         for name in ("kl_weight", "ssim_weight", "l1_weight", "scaling_samples"):
             need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    if isinstance(config, VAETrainConfig) and config.decoder_only:
+        need(bool(config.init_from), "decoder_only fine-tunes an existing VAE's decoder: give init_from (--init-from)")
     if isinstance(config, VAETrainConfig) and config.crop_size is not None:
         need(config.crop_size >= 16 and config.crop_size % 8 == 0,
              f"crop_size must be a multiple of 8 and >= 16, got {config.crop_size}")
@@ -418,6 +421,9 @@ HELP: dict[str, str] = {
     "crop_size": "train on random crops of this many px (e.g. 64 at 128 px: ~4x faster steps on CPU); "
                  "none = whole images",
     "scaling_samples": "images encoded at export to set scaling_factor = 1 / std(latents)",
+    "decoder_only": "fine-tune only the decoder of --init-from's VAE: encoder, latent space and scaling_factor "
+                    "stay as they are, so a diffusion model trained on its latents keeps working (a sharper "
+                    "decoder for an existing pipeline, no retraining)",
 }
 
 

@@ -15,6 +15,11 @@ file, line, id and reason.
 At export the VAE's ``scaling_factor`` is set from the data: 1 / std of the
 latents of up to ``scaling_samples`` training images, so latents the diffusion
 model sees have unit variance (the role 0.18215 plays for the SD VAE).
+
+``decoder_only`` fine-tunes the decoder of an existing VAE and nothing else: the
+encoder, ``quant_conv`` and ``scaling_factor`` are frozen, so the latent space,
+and every diffusion model or ControlNet trained on it, is unchanged while
+decoded images get sharper (how the SD VAE's later decoders were made).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from chexgen.training.cache import RecordImages
 from chexgen.training.config import VAETrainConfig
 from chexgen.training.trainer import TrainingTask, unwrap
 
-__all__ = ["ssim", "VAEObjective", "InMemoryImages", "load_images", "latent_std", "build_vae_task"]
+__all__ = ["ssim", "VAEObjective", "InMemoryImages", "load_images", "latent_std", "freeze_encoder", "build_vae_task"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,17 @@ def latent_std(autoencoder: nn.Module, images: torch.Tensor, batch_size: int = 3
     return math.sqrt(max(total_sq / n - mean**2, 1e-12))
 
 
+def freeze_encoder(autoencoder: nn.Module) -> int:
+    """Stop gradients into everything that makes a latent (encoder, ``quant_conv``); returns how many tensors."""
+    parts = [autoencoder.encoder] + ([autoencoder.quant_conv] if getattr(autoencoder, "quant_conv", None) else [])
+    frozen = 0
+    for part in parts:
+        for p in part.parameters():
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record] | None = None, manifest_root=None,
                    limit: int | None = None) -> TrainingTask:
     """Images, AutoencoderKL (fresh or fine-tuned), objective, reconstruction grid and export hook.
@@ -175,6 +191,10 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record] | None = None,
     resolution = cfg.resolution or preset.resolution
     torch.manual_seed(cfg.seed)  # same initial weights on every process and every (re)start
     vae = RadiographVAE.from_pretrained(cfg.init_from) if cfg.init_from else RadiographVAE.from_spec(preset.vae)
+    if cfg.decoder_only:
+        frozen = freeze_encoder(vae.autoencoder)
+        log.info("train-vae: decoder only (%d encoder parameters frozen; scaling_factor %.4f kept)",
+                 frozen, vae.autoencoder.config.scaling_factor)
     data = load_images(records, manifest_root, resolution, cfg.resize_policy, Path(cfg.output_dir) / "rejects.jsonl",
                        num_workers=cfg.num_workers, progress=cfg.progress, rejects=rejects,
                        manifest_file=cfg.data, record_lines=lines)
@@ -187,6 +207,11 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record] | None = None,
         return torch.cat([x, recon.clamp(0, 1)])  # originals, then reconstructions
 
     def export(ae: nn.Module, directory: Path) -> None:
+        if cfg.decoder_only:  # the latent space is the init's: so is its scale
+            RadiographVAE(ae, preset.vae).save_pretrained(directory)
+            log.info("train-vae: decoder fine-tuned, scaling_factor %.4f kept; saved %s",
+                     ae.config.scaling_factor, directory)
+            return
         std = latent_std(ae, data.images[: cfg.scaling_samples])
         ae.register_to_config(scaling_factor=1.0 / std)
         RadiographVAE(ae, preset.vae).save_pretrained(directory)
