@@ -23,6 +23,9 @@
 # A constant-LR run is annealed by running the script again with these set: it resumes and decays.
 # KEEP_CHECKPOINTS=0 keeps every DiT checkpoint (for scoring the steps afterwards; default 2).
 #
+# Decoder: DECODER_STEPS (default 3000, 0 = skip) fine-tunes the VAE's decoder alone before packing
+# (train-vae --decoder-only; the latents, and so the DiT and adapter, stay as they are).
+#
 # Precision: the DiT and the ControlNet adapter train in bf16 mixed precision (PRECISION, default bf16:
 # fp32 master weights, AdamW state, EMA and loss; bf16 matrix products). On a 2-core AVX512-BF16 CPU a
 # tiny-f4 step at batch 32 takes about a third of the fp32 step (benchmarks/precision.py), so the same
@@ -36,6 +39,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 PREVALENCE="$HERE/demo_prevalence.yaml"
 THREADS="${CHEXGEN_THREADS:-2}"
 VAE_MINUTES="${VAE_MINUTES:-10}"
+DECODER_STEPS="${DECODER_STEPS:-3000}"   # decoder-only fine-tune of the VAE before packing (0 = skip)
 DIT_MINUTES="${DIT_MINUTES:-130}"
 CONTROL_MINUTES="${CONTROL_MINUTES:-14}"
 PRECISION="${PRECISION:-bf16}"
@@ -118,8 +122,19 @@ chexgen train-control "$WORK/cache-control" --base-model "$WORK/dit/pipeline" --
   --batch-size 32 --learning-rate 2e-4 --lr-warmup-steps 50 --max-steps "$CONTROL_STEPS" --max-minutes "$CONTROL_MINUTES" \
   --lr-decay-steps "$CONTROL_DECAY_STEPS" --caption-dropout "$CONTROL_CAPTION_DROPOUT" --region-loss-weight "$REGION_WEIGHT" --base-anchor-weight "$CONTROL_ANCHOR_WEIGHT" --snr-gamma 5 --checkpoint-every 250 --mixed-precision "$PRECISION" --num-threads "$THREADS" --no-progress
 
-# 7. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
+# 7. a sharper decoder: the VAE's decoder alone, fine-tuned with its encoder and scaling_factor frozen, so
+#    the DiT and adapter above (trained on its latents) are unchanged; packed instead of the pipeline's VAE
+PACK_VAE=()
+if (( DECODER_STEPS > 0 )); then
+  chexgen train-vae "$WORK/phantom/manifest.jsonl" --preset tiny-f4 --init-from "$VAE" --decoder-only \
+    --output-dir "$WORK/vae-decoder" --batch-size 16 --crop-size 64 --learning-rate 2e-4 --lr-warmup-steps 50 \
+    --max-steps "$DECODER_STEPS" --lr-decay-steps $(( DECODER_STEPS * 4 / 15 )) --checkpoint-every 250 \
+    --mixed-precision no --num-threads "$THREADS" --no-progress
+  PACK_VAE=(--pack-vae "$WORK/vae-decoder/vae")
+fi
+
+# 8. pack: fp16 weights into DEST (the model card there is kept); sampling default = the one
 #    benchmarks/sampler_quality.py chose for the current model (rerun it with --apply after retraining)
 chexgen demo --pack-pipeline "$WORK/dit/pipeline" --pack-classifier "$CLASSIFIER" \
-  --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" --pack-to "$DEST" \
+  --pack-prevalence "$PREVALENCE" --pack-control "$WORK/control/controlnet" "${PACK_VAE[@]}" --pack-to "$DEST" \
   --pack-clip-latents 5 --sampler dpmsolver++sde --steps 10

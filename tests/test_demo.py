@@ -172,3 +172,37 @@ def test_pack_stores_half_precision_and_reloads(tmp_path, demo_model):
         pack_demo_model(demo_model / "pipeline", demo_model / "classifier", demo_model / "prevalence.yaml", dest,
                         control_dir=other)
     assert sorted(p.name for p in dest.rglob("*")) == before
+
+
+def test_pack_vae_takes_a_new_decoder_and_refuses_a_new_encoder(tmp_path, demo_model):
+    import copy
+
+    import torch
+
+    from chexgen.pipelines import ChexGenPipeline
+
+    base = ChexGenPipeline.from_pretrained(demo_model / "pipeline")
+    tuned = copy.deepcopy(base.vae)
+    with torch.no_grad():
+        for p in tuned.autoencoder.decoder.parameters():
+            p.add_(0.01)
+    tuned.save_pretrained(tmp_path / "decoder-tuned")
+    dest = tmp_path / "packed"
+    args = ["demo", "--pack-pipeline", str(demo_model / "pipeline"), "--pack-classifier", str(demo_model / "classifier"),
+            "--pack-prevalence", str(demo_model / "prevalence.yaml"), "--pack-control", str(demo_model / "control")]
+    assert main(args + ["--pack-to", str(dest), "--pack-vae", str(tmp_path / "decoder-tuned")]) == 0
+    packed = ChexGenPipeline.from_pretrained(dest / "pipeline")
+    z = torch.randn(1, *base.latent_shape)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(packed.vae.decode(z), tuned.decode(z), atol=1e-2)
+        assert not torch.allclose(packed.vae.decode(z), base.vae.decode(z), atol=1e-3)
+        assert torch.allclose(packed.vae.encode(x), base.vae.encode(x), atol=2e-2)
+    assert packed.vae.scaling_factor == base.vae.scaling_factor
+
+    other = copy.deepcopy(base.vae)
+    with torch.no_grad():
+        next(other.autoencoder.encoder.parameters()).add_(0.01)
+    other.save_pretrained(tmp_path / "encoder-changed")
+    assert main(args + ["--pack-to", str(tmp_path / "refused"), "--pack-vae", str(tmp_path / "encoder-changed")]) == 2
+    assert not (tmp_path / "refused").exists()

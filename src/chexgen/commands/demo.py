@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pack-prevalence", default=None, help="The phantom prevalence file the model was trained with.")
     g.add_argument("--pack-control", default=None, help="ControlNet adapter folder (chexgen train-control on the "
                    "packed pipeline) to pack as control/.")
+    g.add_argument("--pack-vae", default=None, help="A VAE folder to pack instead of the pipeline's own: its decoder "
+                   "fine-tuned by chexgen train-vae --decoder-only (the encoder and scaling_factor must be the "
+                   "pipeline's, which is checked).")
     g.add_argument("--pack-to", default=None, help="Destination demo model folder (weights stored in fp16).")
     g.add_argument("--pack-clip-latents", type=finite_float, default=5.0, help="Latent clipping stored as the model's "
                    "sampling default (about the largest |latent| of the training cache; <= 0 turns it off).")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                clip_latents=clip, sampler=args.sampler or PACK_SAMPLER,
                                steps=args.steps or PACK_STEPS,
                                guidance=args.guidance,
-                               control_dir=args.pack_control)
+                               control_dir=args.pack_control, vae_dir=args.pack_vae)
         print(f"packed demo model into {info['dest']}: {info['bytes'] / 1e6:.1f} MB in {len(info['files'])} files")
         return 0
     if args.quick:

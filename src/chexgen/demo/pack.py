@@ -41,6 +41,25 @@ def _pack_control(control_dir: Path, pipe, dst: Path) -> None:
     dataclasses.replace(info, base_model="../pipeline", data=Path(info.data).name if info.data else None).write(dst)
 
 
+def _swap_vae(pipe, vae_dir: Path) -> None:
+    """Give ``pipe`` the VAE in ``vae_dir`` after checking it makes the same latents (a new decoder only)."""
+    import torch
+
+    from chexgen.models.vae import RadiographVAE
+
+    vae = RadiographVAE.from_pretrained(str(vae_dir)).to(dtype=torch.float32)
+    old, new = pipe.vae.autoencoder.state_dict(), vae.autoencoder.state_dict()
+    # compared in fp16: a pipeline packed before holds the fp16 copy of the encoder the VAE was tuned from
+    differ = [k for k in old if k.startswith(("encoder.", "quant_conv."))
+              and (k not in new or old[k].shape != new[k].shape or not torch.equal(old[k].half(), new[k].half()))]
+    if differ or vae.scaling_factor != pipe.vae.scaling_factor:
+        raise ChexgenError(f"{vae_dir}: this VAE's encoder or scaling_factor differs from the pipeline's "
+                           f"({len(differ)} encoder tensors, scaling {vae.scaling_factor:.4f} vs "
+                           f"{pipe.vae.scaling_factor:.4f}), so its latents are not the ones the DiT was trained on; "
+                           f"fine-tune the pipeline's own VAE with chexgen train-vae --decoder-only")
+    pipe.vae = vae.to(device=pipe.device).eval()
+
+
 def _forget_source_paths(folder: Path) -> None:
     """Drop diffusers' ``_name_or_path`` (the folder the weights were loaded from, a path on the packing
     machine) from every ``config.json`` under ``folder``: a packed model names no local paths."""
@@ -58,7 +77,8 @@ def _forget_source_paths(folder: Path) -> None:
 def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.PathLike,
                     prevalence: str | os.PathLike, dest: str | os.PathLike, clip_latents: float | None = 5.0,
                     sampler: str = PACK_SAMPLER, steps: int = PACK_STEPS, guidance: float | None = None,
-                    control_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                    control_dir: str | os.PathLike | None = None,
+                    vae_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Assemble a demo model folder from training outputs, weights stored in fp16.
 
     The pipeline's sampling defaults become ``sampler`` / ``steps`` (and ``guidance`` when given) with
@@ -67,7 +87,9 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
     ``dest`` gets ``pipeline/`` (DiT + gray VAE + scheduler, text encoder as a reference),
     ``classifier/``, ``prevalence.yaml`` and, with ``control_dir`` (a ``chexgen train-control``
     adapter trained on this pipeline), ``control/`` whose ``control_info.json`` names
-    ``../pipeline`` as its base; the model card is written separately. Written into a
+    ``../pipeline`` as its base; the model card is written separately. ``vae_dir`` replaces the
+    pipeline's VAE by one with the same encoder and scaling factor (``chexgen train-vae
+    --decoder-only``); any other VAE is refused, since the DiT would not know its latents. Written into a
     temporary folder that replaces ``dest`` at the end, so a failure leaves ``dest`` as it was.
     """
     import shutil
@@ -80,6 +102,8 @@ def pack_demo_model(pipeline_dir: str | os.PathLike, classifier_dir: str | os.Pa
 
     dest = Path(dest)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir)
+    if vae_dir is not None:
+        _swap_vae(pipe, Path(vae_dir))
     pipe.config.clip_latents = clip_latents
     pipe.config.default_sampler = sampler
     pipe.config.num_inference_steps = steps
