@@ -67,3 +67,28 @@ def test_evaluate_loads_a_classifier_folder(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["inputs"]["feature_dim"] == model.net.classifier.in_features
     assert "fid" in metrics["metrics"]
+
+
+def test_a_saved_classifier_folder_initialises_a_new_one(tmp_path):
+    import pytest
+
+    from chexgen.downstream.classifier import save_classifier
+    from chexgen.downstream.models import ModelSpec, build_model
+    from chexgen.errors import ChexgenError
+
+    torch.manual_seed(0)
+    old_spec = ModelSpec(task="classification", num_outputs=2, image_size=32, arch="resnet18", init="scratch")
+    old, _ = build_model(old_spec)
+    save_classifier(old, old_spec, ["Cardiomegaly", "Pneumothorax"], tmp_path / "clf")
+
+    spec = ModelSpec(task="classification", num_outputs=3, image_size=32, arch="resnet18", init=str(tmp_path / "clf"))
+    new, used = build_model(spec)
+    assert used == str(tmp_path / "clf")
+    a, b = old.state_dict(), new.state_dict()
+    backbone = [k for k in a if not k.startswith("net.fc.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+    assert b["net.fc.weight"].shape == (3, 512)  # the head is new: other classes may follow
+
+    with pytest.raises(ChexgenError, match="a resnet18 classifier, not resnet34"):
+        build_model(ModelSpec(task="classification", num_outputs=3, image_size=32, arch="resnet34",
+                              init=str(tmp_path / "clf")))

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--shots", type=_ints, default=None, help="Pretrain: k-shot budgets, e.g. 1,5,10.")
     o.add_argument("--image-size", type=positive_int, default=None, help="Network input side in pixels.")
     o.add_argument("--arch", default=None, help="Backbone override (densenet121, resnet18/34/50, densenet-tiny).")
-    o.add_argument("--init", default=None, help="auto (ImageNet if cached, else scratch) | imagenet | scratch | PATH.")
+    o.add_argument("--init", default=None, help="auto (ImageNet if cached, else scratch) | imagenet | scratch | "
+                   "PATH: a state-dict file, or a classifier folder saved by `chexgen downstream classifier` "
+                   "(its backbone, with a fresh head).")
     o.add_argument("--epochs", type=positive_int, default=None, help="Training epochs per run.")
     o.add_argument("--batch-size", type=positive_int, default=None, help="Batch size.")
     o.add_argument("--lr", type=positive_float, default=None, help="AdamW learning rate.")

@@ -10,7 +10,8 @@
 Initialisation (``init``): ``"auto"`` uses ImageNet weights when torchvision's file for the
 backbone is already in the torch hub cache and trains from scratch otherwise; ``"imagenet"``
 insists on them (error if absent); ``"scratch"`` never loads; any other value is a path to a
-state dict. Nothing is downloaded. :func:`build_model` returns the model and the init actually
+state dict, or to a classifier folder saved by chexgen (``chexgen downstream classifier``: its
+backbone, to continue training it with a fresh head). Nothing is downloaded. :func:`build_model` returns the model and the init actually
 used, so results can say which.
 
 Inputs are gray (B, 1, S, S) in [0, 1]; :class:`GrayInput` repeats them to 3 channels and applies
@@ -117,6 +118,8 @@ def _backbone_state(arch: str, init: str) -> tuple[dict | None, str]:
         label = "imagenet"
     else:
         path = Path(init)
+        if path.is_dir() and (path / "model.safetensors").is_file():
+            return _saved_classifier_state(path, arch), str(path)
         if not path.is_file():
             raise ChexgenError(f"init weights {path}: file not found (or use init: auto / imagenet / scratch)")
         label = str(path)
@@ -126,6 +129,21 @@ def _backbone_state(arch: str, init: str) -> tuple[dict | None, str]:
     # torchvision's DenseNet files predate the current key names ("norm.1" -> "norm1").
     state = {(_DENSENET_OLD_KEY.sub(lambda m: m.group(1) + m.group(2), k)): v for k, v in state.items()}
     return state, label
+
+
+def _saved_classifier_state(folder: Path, arch: str) -> dict:
+    """The network weights of a classifier folder (``config.json`` + ``model.safetensors``), in fp32."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config_file = folder / "config.json"
+    saved_arch = json.loads(config_file.read_text(encoding="utf-8")).get("arch") if config_file.is_file() else None
+    if saved_arch is not None and saved_arch != arch:
+        raise ChexgenError(f"init weights {folder}: a {saved_arch} classifier, not {arch}; pass --arch {saved_arch}")
+    state = load_file(str(folder / "model.safetensors"))
+    # saved from the GrayInput wrapper: the torchvision network's keys sit under "net."
+    return {k.removeprefix("net."): (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
 def _load_partial(module: nn.Module, state: dict, skip_prefixes: tuple[str, ...]) -> None:
