@@ -25,6 +25,8 @@
 #
 # Decoder: DECODER_STEPS (default 3000, 0 = skip) fine-tunes the VAE's decoder alone before packing
 # (train-vae --decoder-only; the latents, and so the DiT and adapter, stay as they are).
+# Classifier: CLASSIFIER_ROUNDS (default 2; 0 with INIT_FROM) continues the evaluation classifier in
+# rounds of 12 epochs from the one before (downstream classifier --init FOLDER).
 #
 # Precision: the DiT and the ControlNet adapter train in bf16 mixed precision (PRECISION, default bf16:
 # fp32 master weights, AdamW state, EMA and loss; bf16 matrix products). On a 2-core AVX512-BF16 CPU a
@@ -40,6 +42,8 @@ PREVALENCE="$HERE/demo_prevalence.yaml"
 THREADS="${CHEXGEN_THREADS:-2}"
 VAE_MINUTES="${VAE_MINUTES:-10}"
 DECODER_STEPS="${DECODER_STEPS:-3000}"   # decoder-only fine-tune of the VAE before packing (0 = skip)
+# classifier continuation rounds (12 epochs each); with INIT_FROM its classifier is reused as it is (0)
+CLASSIFIER_ROUNDS="${CLASSIFIER_ROUNDS:-$([[ -n "${INIT_FROM:-}" ]] && echo 0 || echo 2)}"
 DIT_MINUTES="${DIT_MINUTES:-130}"
 CONTROL_MINUTES="${CONTROL_MINUTES:-14}"
 PRECISION="${PRECISION:-bf16}"
@@ -65,7 +69,7 @@ if (( CURVE_EVERY > 0 && DIT_DECAY_STEPS > 0 )); then
 fi
 mkdir -p "$WORK"
 VAE="$WORK/vae/vae"
-CLASSIFIER="$WORK/classifier"
+CLASSIFIER="$WORK/classifier"   # set in step 5
 DIT_INIT=()
 CONTROL_INIT=()
 if [[ -n "$INIT_FROM" ]]; then
@@ -110,9 +114,20 @@ else
   train_dit "$DIT_STEPS" "$DIT_MINUTES"
 fi
 
-# 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px)
-[[ -n "$INIT_FROM" ]] || chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" --output "$WORK/classifier" \
-  --arch resnet18 --init scratch --image-size 128 --epochs 6 --batch-size 32 --lr 1e-3 --num-threads "$THREADS"
+# 5. the phantom classifier the demo evaluates with (ResNet18 from scratch, 128 px, 5 epochs), then
+#    CLASSIFIER_ROUNDS rounds of 12 more epochs, each from the last one's backbone (fresh head, cosine LR)
+if [[ -z "$INIT_FROM" ]]; then
+  [[ -f "$WORK/classifier-r0/config.json" ]] || chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" \
+    --output "$WORK/classifier-r0" --arch resnet18 --init scratch --image-size 128 --epochs 5 --batch-size 32 \
+    --lr 1e-3 --num-threads "$THREADS"
+  CLASSIFIER="$WORK/classifier-r0"
+fi
+for (( r = 1; r <= CLASSIFIER_ROUNDS; r++ )); do
+  [[ -f "$WORK/classifier-r$r/config.json" ]] || chexgen downstream classifier --real "$WORK/phantom/manifest.jsonl" \
+    --output "$WORK/classifier-r$r" --arch resnet18 --init "$CLASSIFIER" --image-size 128 --epochs 12 \
+    --batch-size 32 --lr 5e-4 --num-threads "$THREADS"
+  CLASSIFIER="$WORK/classifier-r$r"
+done
 
 # 6. spatial control: finding masks or boxes (alternating per case) as condition latents, then a ControlNet
 #    adapter (3 copied blocks) on the frozen DiT of step 4
