@@ -108,8 +108,9 @@ def plot(rows: list[dict], chosen: dict, path: Path, title: str) -> None:
         jitter = 1.04 ** (k - (len(names) - 1) / 2)  # side by side, so the error bars stay readable
         x = [r["calls"] * jitter for r in rs]
         y = np.array([r["auroc_mean"] for r in rs])
-        lo = y - np.array([r["auroc_ci"][0] for r in rs])
-        hi = np.array([r["auroc_ci"][1] for r in rs]) - y
+        # a percentile bootstrap interval need not contain the estimate (small n): no bar below 0 length
+        lo = np.maximum(y - np.array([r["auroc_ci"][0] for r in rs]), 0)
+        hi = np.maximum(np.array([r["auroc_ci"][1] for r in rs]) - y, 0)
         ax1.errorbar(x, y, yerr=[lo, hi], marker="o", ms=4, capsize=2, lw=1.2, label=name)
         ax2.plot(x, [r["fid"] for r in rs], marker="o", ms=4, lw=1.2, label=name)
     ax1.axhspan(best["auroc_ci"][0], best["auroc_ci"][1], color="0.85", zorder=0,

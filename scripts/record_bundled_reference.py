@@ -2,8 +2,8 @@
 
 ``tests/test_engine.py`` checks that the bundled model still gives bitwise these images (IDDPM, 8
 steps, fp32, 2 threads, denormals kept). The file beside it, ``bundled_text_reference.json``, holds
-the SHA-256 of the transformer weights the images were made with, so that a failing test says
-whether the weights or the code changed. Rerun this only when the bundled weights change on purpose
+the SHA-256 of the transformer and VAE weights the images were made with, so that a failing test
+says whether the weights or the code changed. Rerun this only when the bundled weights change on purpose
 (``scripts/train_demo_model.sh``), never to make a code change pass:
 
     python scripts/record_bundled_reference.py
@@ -26,9 +26,9 @@ PROMPTS = ["Moderate right pleural effusion.", "No acute cardiopulmonary process
 SETTINGS = dict(num_images_per_prompt=2, seed=123, sampler="iddpm", num_inference_steps=8, batch_size=4)
 
 
-def weights_sha256(pipeline: Path = BUNDLED) -> str:
-    """SHA-256 of the transformer's weight file."""
-    return hashlib.sha256((pipeline / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+def weights_sha256(pipeline: Path = BUNDLED, part: str = "transformer") -> str:
+    """SHA-256 of the weight file of ``part`` (``transformer`` or ``vae``)."""
+    return hashlib.sha256((pipeline / part / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
 
 
 def render() -> np.ndarray:
@@ -48,7 +48,8 @@ def render() -> np.ndarray:
 def main() -> int:
     images = render()
     np.save(OUT, images)
-    OUT.with_suffix(".json").write_text(json.dumps({"transformer_sha256": weights_sha256(), "prompts": PROMPTS,
+    OUT.with_suffix(".json").write_text(json.dumps({"transformer_sha256": weights_sha256(),
+                                                    "vae_sha256": weights_sha256(part="vae"), "prompts": PROMPTS,
                                                     **SETTINGS}, indent=2) + "\n")
     print(f"wrote {OUT} {images.shape} and {OUT.with_suffix('.json').name}")
     return 0

@@ -51,6 +51,8 @@ def test_bundled_model_text_images_are_bitwise_those_recorded():
     meta = json.loads(REFERENCE.with_suffix(".json").read_text())
     assert recorder.weights_sha256() == meta["transformer_sha256"], (
         "the bundled transformer weights changed: re-record with scripts/record_bundled_reference.py")
+    assert recorder.weights_sha256(part="vae") == meta["vae_sha256"], (
+        "the bundled VAE weights changed: re-record with scripts/record_bundled_reference.py")
     assert meta["sampler"] == "iddpm" and meta["num_inference_steps"] == 8  # the recording's settings
     images = recorder.render()  # fp32, 2 threads, denormals kept: the numeric environment of the recording
     assert np.array_equal(images, np.load(REFERENCE))
