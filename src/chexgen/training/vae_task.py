@@ -207,15 +207,12 @@ def build_vae_task(cfg: VAETrainConfig, records: Sequence[Record] | None = None,
         return torch.cat([x, recon.clamp(0, 1)])  # originals, then reconstructions
 
     def export(ae: nn.Module, directory: Path) -> None:
-        if cfg.decoder_only:  # the latent space is the init's: so is its scale
-            RadiographVAE(ae, preset.vae).save_pretrained(directory)
-            log.info("train-vae: decoder fine-tuned, scaling_factor %.4f kept; saved %s",
-                     ae.config.scaling_factor, directory)
-            return
-        std = latent_std(ae, data.images[: cfg.scaling_samples])
-        ae.register_to_config(scaling_factor=1.0 / std)
+        if not cfg.decoder_only:  # decoder only: the latent space is the init's, and so is its scale
+            std = latent_std(ae, data.images[: cfg.scaling_samples])
+            ae.register_to_config(scaling_factor=1.0 / std)
+            log.info("train-vae: latent std %.4f -> scaling_factor %.4f", std, 1.0 / std)
         RadiographVAE(ae, preset.vae).save_pretrained(directory)
-        log.info("train-vae: latent std %.4f -> scaling_factor %.4f; saved %s", std, 1.0 / std, directory)
+        log.info("train-vae: saved %s (scaling_factor %.4f)", directory, ae.config.scaling_factor)
 
     return TrainingTask(
         name="vae",
