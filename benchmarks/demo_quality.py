@@ -9,8 +9,9 @@
    findings the model was trained on) next to the classifier's AUROC on the real held-out images, and
    FID on the classifier's features (real vs generated) next to the FID between two halves of the real set.
    Several ``--guidance`` values are scored on the same cases and seeds, one table each.
-   ``--reconstruction`` adds one more table: the real held-out images passed through the model's VAE and
-   scored the same way, which is the floor a generator sampling this autoencoder's latents cannot go below.
+   ``--reconstruction`` adds one more table: the real held-out images passed through the model's VAE (the
+   ``vae-reconstruction`` backend of ``chexgen benchmark``: encode, decode a posterior sample) and scored the
+   same way, which is the floor a generator sampling this autoencoder's latents cannot go below.
    Generation runs in ``--precision`` (default auto: bf16 where the CPU has it) with the model's own sampler and
    steps unless ``--sampler`` / ``--steps`` say otherwise.
 2. Times one default ``chexgen demo`` run (the "at most 60 s on 2 CPU cores" target; its CPU seconds are
@@ -94,10 +95,17 @@ def main() -> int:
         results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
         rows.append((f"guidance {guidance:g}", guidance, t_gen, results["demo"], results["metrics"]))
     if args.reconstruction:
+        # the same backend `chexgen benchmark` lists as "vae-reconstruction": a posterior sample drawn from each
+        # image's seed, so the floor follows the seed rule of generated images
+        from chexgen.generation.backends import VAEReconstructionBackend
+        from chexgen.generation.prompts import PromptItem
+
         t0 = time.perf_counter()
-        with torch.no_grad():
-            recon = torch.cat([pipe.decode_latents(pipe.vae.encode(torch.from_numpy(real[i:i + 32]).float()[:, None]))
-                               for i in range(0, len(real), 32)])[:, 0].numpy()
+        items = [PromptItem(p, r, f"held-out case {r.id}") for p, r in zip(prompts, heldout)]
+        backend = VAEReconstructionBackend.from_pipeline_folder(pipeline_dir, items, root, seed=0,
+                                                                num_images_per_prompt=1)
+        recon = np.concatenate([backend.generate(prompts[i:i + 32], seeds[i:i + 32]).images
+                                for i in range(0, len(real), 32)])
         t_rec = time.perf_counter() - t0
         syn = _synthetic_records(heldout, prompts, seeds, recon, work / "reconstructed", "recon",
                                  {"model": str(pipeline_dir), "vae_reconstruction": True})

@@ -24,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(cfg)
     result = train(build_text_to_image_task(cfg), accelerator)
     if accelerator.is_main_process:
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
-        print(f"trained to step {result.step} (stopped by {result.stopped_by}; {result.steps_per_second:.2f} steps/s, "
-              f"{result.samples_per_second:.1f} images/s){'; ' + logs if logs else ''}")
+        print(result.summary())
         if result.final_checkpoint:
             print(f"checkpoint: {result.final_checkpoint}")
         if result.export_dir:

@@ -36,9 +36,7 @@ def run(args: argparse.Namespace) -> int:
               f"parameters; base frozen ({frozen / 1e6:.2f}M)")
     result = train(task, accelerator)
     if accelerator.is_main_process:
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
-        print(f"trained to step {result.step} (stopped by {result.stopped_by}; {result.steps_per_second:.2f} steps/s, "
-              f"{result.samples_per_second:.1f} images/s){'; ' + logs if logs else ''}")
+        print(result.summary())
         if result.final_checkpoint:
             print(f"checkpoint: {result.final_checkpoint}")
         if result.export_dir:

@@ -24,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(cfg)
     result = train(task, accelerator)
     if accelerator.is_main_process:
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
-        print(f"trained to step {result.step} (stopped by {result.stopped_by}; {result.steps_per_second:.2f} steps/s)"
-              f"{'; ' + logs if logs else ''}")
+        print(result.summary())
         print(f"rejected: {task.rejected} records (listed in {Path(cfg.output_dir) / 'rejects.jsonl'})"
               if task.rejected else "rejected: no records")
         if result.export_dir:

@@ -132,18 +132,21 @@ def _backbone_state(arch: str, init: str) -> tuple[dict | None, str]:
 
 
 def _saved_classifier_state(folder: Path, arch: str) -> dict:
-    """The network weights of a classifier folder (``config.json`` + ``model.safetensors``), in fp32."""
+    """The network weights of a classifier folder written by ``save_classifier``, in fp32.
+
+    Read through :func:`chexgen.downstream.classifier.load_classifier`, so a folder it would refuse (keys
+    missing, weights that do not fit the saved arch) is refused here with the same message.
+    """
     import json
 
-    from safetensors.torch import load_file
+    from chexgen.downstream.classifier import load_classifier  # that module imports this one
 
     config_file = folder / "config.json"
     saved_arch = json.loads(config_file.read_text(encoding="utf-8")).get("arch") if config_file.is_file() else None
     if saved_arch is not None and saved_arch != arch:
         raise ChexgenError(f"init weights {folder}: a {saved_arch} classifier, not {arch}; pass --arch {saved_arch}")
-    state = load_file(str(folder / "model.safetensors"))
-    # saved from the GrayInput wrapper: the torchvision network's keys sit under "net."
-    return {k.removeprefix("net."): (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    net = load_classifier(folder).model.net  # the torchvision network inside the Wrapped (GrayInput + net) module
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
 
 
 def _load_partial(module: nn.Module, state: dict, skip_prefixes: tuple[str, ...]) -> None:

@@ -94,6 +94,12 @@ class TrainResult:
     steps_per_second: float
     samples_per_second: float
 
+    def summary(self) -> str:
+        """The one line the ``train*`` commands print at the end (step, why it stopped, speed, last logs)."""
+        logs = ", ".join(f"{k} {v:.4g}" for k, v in self.last_logs.items())
+        return (f"trained to step {self.step} (stopped by {self.stopped_by}; {self.steps_per_second:.2f} steps/s, "
+                f"{self.samples_per_second:.1f} images/s){'; ' + logs if logs else ''}")
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself when unwrapped).
