@@ -134,9 +134,14 @@ def test_benchmark_writes_report_leaderboard_and_metrics(finished):
     assert tests["best"] == min(means, key=means.get) and len(tests["tests"]) == 2
     assert all(0 <= t["p_value"] <= 1 and t["n"] == 9 for t in tests["tests"].values())
     assert {r["finding"] for r in m["per_finding"]} == set(FINDINGS)
+    fd = m["paired_fd"]["fd_rad-dino"]
+    assert fd["best"] == min((k for k in m["models"]), key=lambda k: m["models"][k]["metrics"]["fd_rad-dino"]["value"])
+    assert set(fd["tests"]) == set(m["models"]) - {fd["best"]}
+    assert all(t["low"] <= t["high"] and 0 < t["p_value"] <= 1 and t["n_prompts"] == 9 for t in fd["tests"].values())
 
     md = (finished / "leaderboard.md").read_text()
-    for heading in ("The paper's table", "CheXGenBench columns", "All metrics", "Paired tests", "Per finding"):
+    for heading in ("The paper's table", "CheXGenBench columns", "All metrics", "Paired tests", "paired bootstrap",
+                    "Per finding"):
         assert heading in md
     assert "FID-XRV" in md and "FD-RAD-DINO" in md and "re-ID match" in md
     with open(finished / "leaderboard.csv", newline="") as f:
@@ -274,3 +279,49 @@ def test_two_processes_shard_the_generation_and_match_one(bench_dir, finished):
         for key, value in full[model]["metrics"].items():
             if key != "seconds_per_image":
                 assert dist[model]["metrics"][key]["value"] == pytest.approx(value["value"], nan_ok=True), key
+
+
+def _feature_set(name: str, features: np.ndarray, prompts: list[int]):
+    from chexgen.benchmark.sets import ImageSet
+    from chexgen.evaluation.features import FeatureSet
+
+    recs = [Record(id=f"{name}{i}", image=f"{i}.png", extra={"prompt_index": g}) for i, g in enumerate(prompts)]
+    return ImageSet(name=name, records=recs, features={"f": FeatureSet(features)},
+                    images=np.zeros((len(recs), 4, 4), np.float16))
+
+
+def test_paired_fd_separates_models_whose_own_intervals_overlap():
+    """Two models on the same prompts and seeds: one a little off the real distribution, one on it. Their FDs
+    differ by less than either one's sampling noise, but every draw of the paired bootstrap shares the noise."""
+    from chexgen.benchmark.config import ExtractorEntry
+    from chexgen.benchmark.scoring import compare_distances
+    from chexgen.evaluation import bootstrap_two_sample_ci, compute_fid
+
+    rng = np.random.default_rng(0)
+    d, n_prompts, per = 8, 60, 2
+    real = _feature_set("real", rng.normal(size=(120, d)), list(range(120)))
+    shared = rng.normal(size=(n_prompts * per, d))  # the same seeds: most of the two models' images agree
+    prompts = [g for g in range(n_prompts) for _ in range(per)]
+    good = _feature_set("good", shared, prompts)
+    off = _feature_set("off", shared + np.r_[0.7, np.zeros(d - 1)], prompts)
+    same = _feature_set("same", shared.copy(), prompts)
+    entries = [ExtractorEntry(name="f", kind="classifier")]
+
+    res = compare_distances(real, {"off": off, "good": good}, entries, n_boot=200)["fd_f"]
+    assert res["best"] == "good" and res["values"]["off"] > res["values"]["good"]
+    t = res["tests"]["off"]
+    assert t["n_prompts"] == n_prompts and t["difference"] == pytest.approx(res["values"]["off"] - res["values"]["good"])
+    assert 0 < t["low"] and t["p_value"] < 0.02
+    # the two models' own intervals overlap: unpaired, nothing would be decided
+    rf = real.features["f"].features
+    ci_good = bootstrap_two_sample_ci(compute_fid, rf, shared, n_boot=200, recentre=True)
+    ci_off = bootstrap_two_sample_ci(compute_fid, rf, off.features["f"].features, n_boot=200, recentre=True)
+    assert ci_off.low < ci_good.high
+    # identical images: a zero difference on every draw, no evidence either way
+    t0 = compare_distances(real, {"good": good, "same": same}, entries, n_boot=50)["fd_f"]["tests"]
+    (only,) = t0.values()
+    assert only["difference"] == 0 and only["low"] == only["high"] == 0 and only["p_value"] == 1.0
+    # prompts only one model has are left out of the draws
+    part = _feature_set("part", shared[: 20 * per] + 0.7, prompts[: 20 * per])
+    assert compare_distances(real, {"good": good, "part": part}, entries, n_boot=20)["fd_f"]["tests"]["part"][
+        "n_prompts"] == 20

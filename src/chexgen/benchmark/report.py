@@ -7,7 +7,8 @@ Tables (each shown only when its columns exist):
 * CheXGenBench's: FD-RAD-DINO, KID-RAD-DINO, precision / recall / density / coverage on RAD-DINO,
   re-identification;
 * every metric of every model with its bootstrap CI, then wall time and model calls per image;
-* the paired tests (each model against the best on per-prompt measures) and the per-finding rows.
+* the paired tests (each model against the best on per-prompt measures), the paired bootstrap of every
+  model's FD against the best one's, and the per-finding rows.
 
 The HTML reuses :func:`chexgen.evaluation.report.render_html` (tables first, then figures: a grid of
 the same prompts and seeds across models under the real images, and one t-SNE of all sets).
@@ -111,6 +112,24 @@ def _tests_table(tests: dict[str, dict[str, Any]], entries: Sequence[ExtractorEn
                     "real source|; feature_distance_<e>: cosine distance to the real source image on <e> features."}
 
 
+def _fd_tests_table(fd_tests: dict[str, dict[str, Any]], entries: Sequence[ExtractorEntry]) -> dict[str, Any] | None:
+    rows = []
+    for key, t in fd_tests.items():
+        for name, d in t["tests"].items():
+            rows.append([metric_label(key, entries), t["best"], name, d["n_prompts"], format_value(t["values"][name]),
+                         format_value(t["values"][t["best"]]), format_value(d["difference"]),
+                         f"[{format_value(d['low'])}, {format_value(d['high'])}]", format_value(d["p_value"])])
+    if not rows:
+        return None
+    return {"title": "Fréchet distances against the best model (paired bootstrap)",
+            "columns": ["distance (lower is better)", "best", "model", "prompts", "model value", "best value",
+                        "difference (model - best)", "interval of the difference", "p"], "rows": rows,
+            "id": "fd-tests",
+            "note": "Each draw resamples the real images and the shared prompts once, for both models: the "
+                    "interval is that of the difference on the same prompts and seeds, which the two models' own "
+                    "FD intervals cannot give (they overlap even when one model is better on nearly every draw)."}
+
+
 def _findings_table(rows: Sequence[dict[str, Any]], first: str) -> dict[str, Any] | None:
     if not rows:
         return None
@@ -153,10 +172,11 @@ def _csv(scores: Sequence[ModelScores], entries: Sequence[ExtractorEntry]) -> st
 
 def write_outputs(out: Path, results: dict[str, Any], scores: Sequence[ModelScores],
                   entries: Sequence[ExtractorEntry], tests: dict, findings: list, figures: Sequence[Figure],
-                  title: str) -> dict[str, str]:
+                  title: str, fd_tests: dict | None = None) -> dict[str, str]:
     """Write leaderboard.md / .csv, metrics.json and report.html into ``out`` (atomically); returns their paths."""
     tables = leaderboard_tables(scores, entries)
-    extra = [t for t in (_tests_table(tests, entries), _findings_table(findings, entries[0].name)) if t]
+    extra = [t for t in (_tests_table(tests, entries), _fd_tests_table(fd_tests or {}, entries),
+                         _findings_table(findings, entries[0].name)) if t]
     note = (f"{results['inputs']['n_prompts']} prompts x {results['inputs']['images_per_prompt']} images per model, "
             f"real set {results['inputs']['real']} ({results['inputs']['n_real']} images); chexgen "
             f"{results.get('chexgen_version', '')}.")

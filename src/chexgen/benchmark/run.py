@@ -30,7 +30,7 @@ import numpy as np
 from chexgen.benchmark.config import BenchmarkConfig
 from chexgen.benchmark.models import MODELS_DIR, PreparedModel, generate_model, prepare_models, read_timing
 from chexgen.benchmark.report import write_outputs
-from chexgen.benchmark.scoring import ModelScores, compare_models, finding_breakdown, score_model
+from chexgen.benchmark.scoring import ModelScores, compare_distances, compare_models, finding_breakdown, score_model
 from chexgen.benchmark.sets import FEATURES_DIR, ImageSet, build_extractors, load_image_set
 from chexgen.data.manifest import Record, read_manifest
 from chexgen.errors import ChexgenError
@@ -175,6 +175,7 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> BenchmarkResul
     scores = [score_model(name, real, syn, train, cfg, cfg.extractors, read_timing(out, name), reid_net)
               for name, syn in models.items()]
     tests = compare_models(scores)
+    fd_tests = compare_distances(real, models, cfg.extractors, cfg.distribution_bootstrap, cfg.level, cfg.seed)
     findings = finding_breakdown(real, models, {s.name: s for s in scores}, cfg.extractors, cfg.min_finding_images)
     figures = _figures(real, models, cfg, items)
     results = {
@@ -194,10 +195,12 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> BenchmarkResul
             "memorisation": s.memorisation, "reid": s.reid, "timing": s.timing, "n_images": s.n_images,
             "n_matched": s.n_matched} for s in scores},
         "paired_tests": tests,
+        "paired_fd": fd_tests,
         "per_finding": findings,
         "config": cfg.to_dict(),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    result.outputs = write_outputs(out, results, scores, cfg.extractors, tests, findings, figures, cfg.title)
+    result.outputs = write_outputs(out, results, scores, cfg.extractors, tests, findings, figures, cfg.title,
+                                   fd_tests=fd_tests)
     result.scores = scores
     return result
