@@ -1,7 +1,7 @@
 """Quality bar of the bundled demo model, and the demo's wall time.
 
     python benchmarks/demo_quality.py [--n 256] [--model DIR] [--guidance 4 7] [--precision auto] [--skip-demo]
-        [--reconstruction]
+        [--reconstruction] [--classifier DIR] [--compare MODEL]
 
 1. Renders ``--n`` held-out phantom cases (seed 1000; the model was trained on seed 0), generates one
    image from each case's impression, and scores both sets with the phantom classifier shipped beside
@@ -12,6 +12,11 @@
    ``--reconstruction`` adds one more table: the real held-out images passed through the model's VAE (the
    ``vae-reconstruction`` backend of ``chexgen benchmark``: encode, decode a posterior sample) and scored the
    same way, which is the floor a generator sampling this autoencoder's latents cannot go below.
+   ``--classifier DIR`` scores with another classifier folder than the model's (FID ratios carry over only
+   within one classifier's features). ``--compare MODEL`` generates the same cases and seeds with a second
+   demo model (first ``--guidance``) and compares the two FIDs by a paired bootstrap (real images and cases
+   resampled once per draw for both; :func:`chexgen.benchmark.scoring.compare_distances`): two FID
+   intervals at n 256 overlap widely even when one model is better on every draw.
    Generation runs in ``--precision`` (default auto: bf16 where the CPU has it) with the model's own sampler and
    steps unless ``--sampler`` / ``--steps`` say otherwise.
 2. Times one default ``chexgen demo`` run (the "at most 60 s on 2 CPU cores" target; its CPU seconds are
@@ -48,6 +53,11 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 for generation (default auto)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--skip-demo", action="store_true", help="do not time a default `chexgen demo` run")
+    ap.add_argument("--classifier", default=None, metavar="DIR",
+                    help="score with this classifier folder instead of the model's own (the FID / AUROC instrument)")
+    ap.add_argument("--compare", default=None, metavar="MODEL",
+                    help="a second demo model (or pipeline folder): same cases and seeds at the first --guidance, "
+                         "its own sampler and steps unless --sampler / --steps; paired bootstrap of the FID difference")
     ap.add_argument("--reconstruction", action="store_true",
                     help="also score the real held-out images passed through the model's VAE (encode, decode): "
                          "the FID and AUROC no generator on this autoencoder can beat")
@@ -64,7 +74,7 @@ def main() -> int:
     from chexgen.pipelines import ChexGenPipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="chexgen-demo-quality-"))
-    cfg = DemoConfig(model=args.model, progress=True)
+    cfg = DemoConfig(model=args.model, classifier=args.classifier, progress=True)
     pipeline_dir, classifier_dir, prevalence = _resolve_model(cfg)
     pipe = ChexGenPipeline.from_pretrained(pipeline_dir, precision=args.precision)
     clf = load_classifier(classifier_dir)
@@ -90,10 +100,15 @@ def main() -> int:
                    batch_size=16)
         t_gen = time.perf_counter() - t0
         gen = out.images[:, 0].numpy()
+        if guidance == args.guidance[0]:
+            first_generated = gen
         syn = _synthetic_records(heldout, prompts, seeds, gen, work / f"generated_cfg{guidance:g}", "paired",
                                  {"model": str(pipeline_dir), "guidance": guidance})
         results, _ = evaluate_demo_model(clf, heldout, real, syn, gen, trained, bootstrap=200, progress=True)
         rows.append((f"guidance {guidance:g}", guidance, t_gen, results["demo"], results["metrics"]))
+    comparison = None
+    if args.compare:
+        comparison = _compare(args, pipe, clf, heldout, real, prompts, seeds, first_generated, work)
     if args.reconstruction:
         # the same backend `chexgen benchmark` lists as "vae-reconstruction": a posterior sample drawn from each
         # image's seed, so the floor follows the seed rule of generated images
@@ -145,6 +160,12 @@ def main() -> int:
             if key in m:
                 print(f"{key}: {m[key]['value']:.3f} [{m[key].get('low', float('nan')):.3f}, "
                       f"{m[key].get('high', float('nan')):.3f}]")
+    if comparison:
+        c = comparison
+        print(f"\n== paired FID against {c['other']} (guidance {c['guidance']:g}, {c['other_sampler']} "
+              f"{c['other_steps']} steps): this model {c['fid_this']:.2f}, the other {c['fid_other']:.2f}; this minus "
+              f"the other {c['difference']:.2f} [{c['low']:.2f}, {c['high']:.2f}], bootstrap p {c['p_value']:.3g} "
+              f"({c['n_boot']} paired draws)")
     if demo_seconds is not None:
         print(f"\n`chexgen demo` wall time: {demo_seconds:.1f} s (target <= 60 s on 2 CPU cores); CPU time "
               f"{demo_cpu:.1f} s; 1-minute load average at the end {load:.1f} on {os.cpu_count()} cores")
@@ -160,10 +181,50 @@ def main() -> int:
                    "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]} for _, g, t, d, m in rows if g is not None],
          "reconstruction": next(({"seconds": t, "demo": d, "fid_ci": [m["fid"].get("low"), m["fid"].get("high")]}
                                  for _, g, t, d, m in rows if g is None), None),
+         "comparison": comparison, "classifier": str(classifier_dir),
          "precision": pipe.precision, "sampler": sampler, "steps": steps,
          "demo_seconds": demo_seconds, "demo_cpu_seconds": demo_cpu, "control": control}, indent=2, default=float))
     print(f"details: {work / 'demo_quality.json'}")
     return 0
+
+
+def _compare(args, pipe, clf, heldout, real, prompts, seeds, generated, work: Path) -> dict:
+    """Generate the held-out cases with ``--compare``'s model and compare its FID with this one's, paired."""
+    from chexgen.benchmark.config import ExtractorEntry
+    from chexgen.benchmark.scoring import compare_distances
+    from chexgen.benchmark.sets import ImageSet
+    from chexgen.data.manifest import Record
+    from chexgen.demo.run import DemoConfig, _resolve_model
+    from chexgen.evaluation.features import ClassifierExtractor, extract_features
+    from chexgen.pipelines import ChexGenPipeline
+
+    other_dir, _, _ = _resolve_model(DemoConfig(model=args.compare))
+    other = ChexGenPipeline.from_pretrained(other_dir, precision=args.precision)
+    sampler = args.sampler or other.config.default_sampler
+    steps = args.steps or other.config.num_inference_steps
+    guidance = args.guidance[0]
+    theirs = other(prompts, seeds=seeds, sampler=sampler, num_inference_steps=steps, guidance_scale=guidance,
+                   batch_size=16).images[:, 0].numpy()
+    ext = ClassifierExtractor(clf, input_size=clf.input_size, class_names=clf.class_names, name="classifier")
+
+    def image_set(name: str, images: np.ndarray, paired: bool) -> ImageSet:
+        recs = [Record(id=f"{name}-{i}", image="", extra={"prompt_index": i} if paired else {})
+                for i in range(len(images))]
+        feats = extract_features(ext, list(images), desc=f"{name} features")
+        return ImageSet(name=name, records=recs, features={"classifier": feats},
+                        images=np.zeros((len(images), 1, 1), np.float16))
+
+    real_set = image_set("real", real, paired=False)
+    sets = {"this": image_set("this", generated, True), "other": image_set("other", theirs, True)}
+    res = compare_distances(real_set, sets, [ExtractorEntry(name="classifier", kind="classifier")], n_boot=500)
+    r = res["fd_classifier"]
+    (worse, t), = r["tests"].items()
+    sign = 1.0 if worse == "this" else -1.0  # report this minus the other
+    return {"other": str(other_dir), "other_sampler": sampler, "other_steps": steps, "guidance": guidance,
+            "fid_this": r["values"]["this"], "fid_other": r["values"]["other"],
+            "difference": sign * t["difference"],
+            "low": t["low"] if sign > 0 else -t["high"], "high": t["high"] if sign > 0 else -t["low"],
+            "p_value": t["p_value"], "n_boot": t["n_boot"]}
 
 
 if __name__ == "__main__":

@@ -61,3 +61,17 @@ def test_demo_curve_tabulates_and_plots_scored_models(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_curve.py"), "--point", "x:y"], env=ENV,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected STEPS:FILE" in bad.stderr
+
+
+def test_demo_quality_compares_two_models_paired(tmp_path):
+    """The bundled model against itself: the same cases and seeds give the same images, so the paired FID
+    difference is 0 on every draw (and the comparison, the classifier and the runs are in the JSON)."""
+    bundled = ROOT / "src" / "chexgen" / "assets" / "demo"
+    out = _run("demo_quality.py", "--n", "12", "--steps", "2", "--skip-demo", "--compare", str(bundled),
+               "--classifier", str(bundled / "classifier"), "--work", str(tmp_path))
+    assert "== paired FID against" in out
+    res = json.loads((tmp_path / "demo_quality.json").read_text())
+    c = res["comparison"]
+    assert c["fid_this"] == c["fid_other"] and c["difference"] == 0 and c["low"] == c["high"] == 0
+    assert c["p_value"] == 1.0 and c["other_steps"] == 2 and res["steps"] == 2
+    assert res["classifier"] == str(bundled / "classifier") and len(res["runs"]) == 1
