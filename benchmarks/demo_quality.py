@@ -108,7 +108,7 @@ def main() -> int:
         rows.append((f"guidance {guidance:g}", guidance, t_gen, results["demo"], results["metrics"]))
     comparison = None
     if args.compare:
-        comparison = _compare(args, pipe, clf, heldout, real, prompts, seeds, first_generated, work)
+        comparison = _compare(args, clf, real, prompts, seeds, first_generated)
     if args.reconstruction:
         # the same backend `chexgen benchmark` lists as "vae-reconstruction": a posterior sample drawn from each
         # image's seed, so the floor follows the seed rule of generated images
@@ -188,7 +188,7 @@ def main() -> int:
     return 0
 
 
-def _compare(args, pipe, clf, heldout, real, prompts, seeds, generated, work: Path) -> dict:
+def _compare(args, clf, real, prompts, seeds, generated) -> dict:
     """Generate the held-out cases with ``--compare``'s model and compare its FID with this one's, paired."""
     from chexgen.benchmark.config import ExtractorEntry
     from chexgen.benchmark.scoring import compare_distances

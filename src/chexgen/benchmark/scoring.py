@@ -143,6 +143,11 @@ def _per_prompt(values: np.ndarray, groups: Sequence[int]) -> dict[int, float]:
     return {g: float(np.mean(v)) for g, v in acc.items()}
 
 
+def _prompt_groups(s: ImageSet) -> list[int]:
+    """The prompt index of each image (the engine's ``prompt_index``; a record without one is its own prompt)."""
+    return [int(r.extra.get("prompt_index", i)) for i, r in enumerate(s.records)]
+
+
 def _images_t(s: ImageSet) -> torch.Tensor:
     return torch.from_numpy(s.images)[:, None]
 
@@ -153,7 +158,7 @@ def score_model(name: str, real: ImageSet, syn: ImageSet, train: ImageSet, cfg: 
     res = ModelScores(name=name, timing=dict(timing), n_images=len(syn.records))
     real_row = {r.id: i for i, r in enumerate(real.records)}
     src = [real_row.get(str(r.extra.get("source_id"))) for r in syn.records]
-    groups = [int(r.extra.get("prompt_index", i)) for i, r in enumerate(syn.records)]
+    groups = _prompt_groups(syn)
     pairs = [(i, j) for i, j in enumerate(src) if j is not None]
     res.n_matched = len(pairs)
     si = np.array([p[0] for p in pairs], int)
@@ -254,9 +259,10 @@ def compare_models(scores: Sequence[ModelScores]) -> dict[str, dict[str, Any]]:
 
 
 def _prompt_rows(s: ImageSet) -> dict[int, list[int]]:
+    """Prompt index -> the rows of that prompt's images."""
     rows: dict[int, list[int]] = {}
-    for i, r in enumerate(s.records):
-        rows.setdefault(int(r.extra.get("prompt_index", i)), []).append(i)
+    for i, g in enumerate(_prompt_groups(s)):
+        rows.setdefault(g, []).append(i)
     return rows
 
 

@@ -132,7 +132,8 @@ def _backbone_state(arch: str, init: str) -> tuple[dict | None, str]:
 
 
 def _saved_classifier_state(folder: Path, arch: str) -> dict:
-    """The network weights of a classifier folder written by ``save_classifier``, in fp32.
+    """The network weights of a classifier folder written by ``save_classifier`` (fp32: the network is built
+    in fp32 and the saved fp16 tensors are copied into it).
 
     Read through :func:`chexgen.downstream.classifier.load_classifier`, so a folder it would refuse (keys
     missing, weights that do not fit the saved arch) is refused here with the same message.
@@ -145,8 +146,7 @@ def _saved_classifier_state(folder: Path, arch: str) -> dict:
     saved_arch = json.loads(config_file.read_text(encoding="utf-8")).get("arch") if config_file.is_file() else None
     if saved_arch is not None and saved_arch != arch:
         raise ChexgenError(f"init weights {folder}: a {saved_arch} classifier, not {arch}; pass --arch {saved_arch}")
-    net = load_classifier(folder).model.net  # the torchvision network inside the Wrapped (GrayInput + net) module
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    return load_classifier(folder).model.net.state_dict()  # the torchvision network inside Wrapped (GrayInput + net)
 
 
 def _load_partial(module: nn.Module, state: dict, skip_prefixes: tuple[str, ...]) -> None:
